@@ -1,0 +1,8 @@
+"""LightningDataModules (one per dataset), row validation, tokenization and collation."""
+
+from lit_rlhf.data.arithmetic import ArithmeticDataModule
+from lit_rlhf.data.base import RLHFDataModule
+from lit_rlhf.data.rows import DataError, RowSet
+from lit_rlhf.data.sft import SFTDataModule, SFTRowsDataModule
+
+__all__ = ["ArithmeticDataModule", "DataError", "RLHFDataModule", "RowSet", "SFTDataModule", "SFTRowsDataModule"]

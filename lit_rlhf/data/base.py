@@ -1,0 +1,100 @@
+"""Shared DataModule plumbing: the tokenizer connection, resumable loaders and the verifier hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lit_rlhf.data.rows import DataError
+from lit_rlhf.data.sampler import ResumableSampler
+
+
+class RLHFDataModule(L.LightningDataModule):
+    """Base of every lit_rlhf DataModule.
+
+    The DataModule tokenizes with the *model's* tokenizer. Under ``LightningCLI`` (or a plain ``Trainer``) it takes
+    it from the LightningModule in :meth:`setup`; call :meth:`connect` to set it by hand (e.g. in a notebook).
+
+    The training loader uses a :class:`~lit_rlhf.data.sampler.ResumableSampler`: after ``--ckpt_path`` the run
+    continues from the batch where the checkpoint was taken, in the same order, instead of restarting the epoch.
+
+    Args:
+        batch_size: training batch size per process.
+        eval_batch_size: validation batch size per process (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        seed: seed of the data order (and of any data generation).
+    """
+
+    def __init__(self, batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_dataset: Sequence[Any] | None = None
+        self.val_dataset: Sequence[Any] | None = None
+
+    def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Give the DataModule the tokenizer to encode with."""
+        self.tokenizer = tokenizer
+
+    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None and self.trainer is not None:
+            self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
+        if self.tokenizer is None:
+            raise DataError(
+                f"{type(self).__name__} has no tokenizer: attach it to a Trainer with a lit_rlhf module, or call "
+                "datamodule.connect(tokenizer) first"
+            )
+        return self.tokenizer
+
+    def score_completions(self, completions: list[str], rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+        """Gold metrics of generated completions, one list of floats per metric name.
+
+        The base class has no verifier and returns ``{}``; datasets with a checkable answer (arithmetic) override
+        this, and modules log each metric under ``val/<name>``.
+        """
+        return {}
+
+    def _skip_samples(self) -> int:
+        """Samples of this rank's current epoch already consumed, when resuming from a checkpoint (else 0)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting:
+            return 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        batches_per_epoch = -(-len(self.train_dataset) // (self.batch_size * trainer.world_size))
+        return (done % batches_per_epoch) * self.batch_size
+
+    def _train_loader(self, dataset: Sequence[Any], collate_fn: Callable) -> DataLoader:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        sampler = ResumableSampler(len(dataset), num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        skip = self._skip_samples()
+        if skip:
+            rank_zero_info(f"Resuming the training data mid-epoch: skipping the {skip} samples already seen.")
+            sampler.skip_once(skip)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, dataset: Sequence[Any], collate_fn: Callable) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,88 @@
+"""Reading rows from local files (jsonl, json, csv, parquet) or from a ``datasets`` name."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any
+
+from lit_rlhf.data.rows import DataError, RowSet
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def is_local_file(source: str) -> bool:
+    """Whether ``source`` looks like a path to a data file (by suffix) rather than a hub dataset name."""
+    return source.endswith(FILE_SUFFIXES)
+
+
+def load_rows(source: str, split: str = "train", config_name: str | None = None, **load_kwargs: Any) -> RowSet:
+    """Load all rows of a local file or of one split of a ``datasets`` dataset.
+
+    Args:
+        source: a ``.jsonl``/``.json``/``.csv``/``.parquet`` path, a folder ``datasets`` can load, or a hub name.
+        split: split to read for a ``datasets`` source; ignored for single files.
+        config_name: ``datasets`` configuration name (e.g. ``"comparisons"``).
+        **load_kwargs: passed to ``datasets.load_dataset``.
+
+    Returns:
+        The rows, numbered as errors will name them: a jsonl row by its line, a csv row by its data line, a json
+        or parquet row from 1, a hub row by its index in the split (from 0).
+
+    Raises:
+        DataError: a missing file, an unreadable line, or a ``datasets`` load failure.
+    """
+    if is_local_file(source):
+        if not os.path.isfile(source):
+            raise DataError(f"data file not found: {source}")
+        if source.endswith(".jsonl"):
+            return _read_jsonl(source)
+        if source.endswith(".json"):
+            return RowSet.numbered(source, _read_json(source), first=1)
+        if source.endswith(".csv"):
+            with open(source, encoding="utf-8", newline="") as f:
+                return RowSet.numbered(source, [dict(r) for r in csv.DictReader(f)], first=1)
+        import pyarrow.parquet as pq
+
+        return RowSet.numbered(source, pq.read_table(source).to_pylist(), first=1)
+    label = f"{source}[{split}]" if config_name is None else f"{source}/{config_name}[{split}]"
+    return RowSet.numbered(label, _load_hub(source, split, config_name, **load_kwargs), first=0)
+
+
+def _read_jsonl(path: str) -> RowSet:
+    rows, numbers = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} row {line_no}: not valid JSON ({err.msg})") from err
+            if not isinstance(row, dict):
+                raise DataError(f"{path} row {line_no}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+            numbers.append(line_no)
+    return RowSet(path, rows, numbers)
+
+
+def _read_json(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError(f"{path}: expected a JSON list of objects")
+    return data
+
+
+def _load_hub(name: str, split: str, config_name: str | None, **load_kwargs: Any) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, config_name, split=split, **load_kwargs)
+    except Exception as err:  # datasets raises many types; the message is what matters
+        raise DataError(f"could not load dataset {name!r} (config {config_name!r}, split {split!r}): {err}") from err
+    return dataset.to_list()

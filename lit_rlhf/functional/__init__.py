@@ -1,0 +1,20 @@
+"""Pure-torch math for RLHF: losses, masking, log-probs, schedules.
+
+Nothing in this package imports Lightning; every function is tested on hand-computed tensors.
+"""
+
+from lit_rlhf.functional.logprobs import logprobs_from_logits
+from lit_rlhf.functional.masking import IGNORE_INDEX, mask_after_eos, masked_mean, masked_sum
+from lit_rlhf.functional.schedules import warmup_decay_factor
+from lit_rlhf.functional.sft import SFTStats, sft_loss
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SFTStats",
+    "logprobs_from_logits",
+    "mask_after_eos",
+    "masked_mean",
+    "masked_sum",
+    "sft_loss",
+    "warmup_decay_factor",
+]

@@ -1,0 +1,57 @@
+"""Supervised fine-tuning loss: next-token cross-entropy on response tokens only."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from lit_rlhf.functional.masking import IGNORE_INDEX
+
+
+class SFTStats(NamedTuple):
+    """Detached statistics of one SFT batch.
+
+    Attributes:
+        loss: scalar, mean cross-entropy per supervised token (the value that is differentiated, detached).
+        num_tokens: scalar, number of supervised (non-ignored) target tokens.
+        num_correct: scalar, how many of them the argmax prediction got right.
+    """
+
+    loss: torch.Tensor
+    num_tokens: torch.Tensor
+    num_correct: torch.Tensor
+
+
+def sft_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, SFTStats]:
+    """Causal-LM cross-entropy where prompt and padding positions are ignored.
+
+    Position ``t`` of ``logits`` predicts ``labels[:, t + 1]``; labels equal to ``ignore_index`` (prompt, padding)
+    contribute nothing. The loss is the mean over supervised tokens of the whole batch, so every token weighs
+    the same whatever its sequence length.
+
+    Args:
+        logits: ``(batch, seq_len, vocab)`` from the causal LM on ``input_ids``.
+        labels: ``(batch, seq_len)``: ``input_ids`` with prompt and padding replaced by ``ignore_index``.
+        ignore_index: label value to skip.
+
+    Returns:
+        ``(loss, stats)``: the scalar loss to differentiate and detached :class:`SFTStats`.
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    loss_sum = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=ignore_index,
+        reduction="sum",
+    )
+    supervised = shift_labels != ignore_index
+    num_tokens = supervised.sum()
+    loss = loss_sum / num_tokens.clamp(min=1)
+    with torch.no_grad():
+        num_correct = ((shift_logits.argmax(dim=-1) == shift_labels) & supervised).sum()
+    return loss, SFTStats(loss=loss.detach(), num_tokens=num_tokens, num_correct=num_correct)

@@ -1,0 +1,85 @@
+"""Batched generation from left-padded prompts, with KV cache, cut after the first EOS."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_rlhf.functional.masking import mask_after_eos
+
+
+class Generation(NamedTuple):
+    """Responses sampled for a batch of prompts.
+
+    Attributes:
+        response_ids: ``(batch, response_len)`` generated ids; positions after the first EOS hold the pad id.
+        response_mask: ``(batch, response_len)`` bool, true up to and including the first EOS.
+        has_eos: ``(batch,)`` bool, whether the response ended with EOS (false: cut by ``max_new_tokens``).
+    """
+
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    has_eos: torch.Tensor
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Generation:
+    """Generate responses in eval mode (dropout off), restoring the model's train/eval mode afterwards.
+
+    Pass the unwrapped Hugging Face model (not a DDP wrapper): each rank generates for its own prompts.
+
+    Args:
+        model: a causal LM.
+        prompt_ids: ``(batch, prompt_len)`` left-padded prompt ids.
+        prompt_mask: ``(batch, prompt_len)`` attention mask of the prompts.
+        max_new_tokens: most tokens to generate.
+        eos_token_id: id that ends a response.
+        pad_token_id: id written after EOS.
+        do_sample: sample (``True``) or greedy (``False``).
+        temperature, top_k, top_p: sampling parameters (``top_k=0`` and ``top_p=1`` disable those filters).
+
+    Returns:
+        :class:`Generation` with the response part only.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {
+            "do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+        output = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            use_cache=True,
+            **sampling,
+        )
+    finally:
+        model.train(was_training)
+    response = output[:, prompt_ids.size(1) :]
+    if response.size(1) == 0:
+        response = torch.full((prompt_ids.size(0), 1), pad_token_id, dtype=torch.long, device=prompt_ids.device)
+    mask = mask_after_eos(response, eos_token_id)
+    has_eos = ((response == eos_token_id) & mask).any(dim=1)
+    response = torch.where(mask, response, torch.full_like(response, pad_token_id))
+    return Generation(response_ids=response, response_mask=mask, has_eos=has_eos)
+
+
+def decode_responses(tokenizer: PreTrainedTokenizerBase, generation: Generation) -> list[str]:
+    """Response texts without special tokens (EOS, padding)."""
+    return tokenizer.batch_decode(generation.response_ids, skip_special_tokens=True)

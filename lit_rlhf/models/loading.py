@@ -1,0 +1,125 @@
+"""Loading policies and tokenizers: a hub name, a local ``save_pretrained`` dir, or the built-in tiny model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_rlhf.models.tiny import TINY_ARITHMETIC, build_tiny_llama, build_word_tokenizer
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer could not be loaded; the message says which path and why."""
+
+
+def is_builtin(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names the embedded model rather than a hub repo or a folder."""
+    return name_or_path == TINY_ARITHMETIC
+
+
+def load_tokenizer(name_or_path: str, padding_side: str = "right", **kwargs: Any) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and make sure it can pad.
+
+    A tokenizer without a pad token gets its EOS token as pad token, and a warning says so.
+
+    Args:
+        name_or_path: ``"tiny-arithmetic"``, a hub name, or a folder with tokenizer files.
+        padding_side: ``"right"`` or ``"left"``; collators in this package pad explicitly and do not depend on it.
+        **kwargs: passed to ``AutoTokenizer.from_pretrained`` (e.g. ``trust_remote_code``).
+
+    Returns:
+        The tokenizer, with ``pad_token_id`` set.
+
+    Raises:
+        ModelLoadError: the folder has no tokenizer files, or the tokenizer has neither pad nor EOS token.
+    """
+    if is_builtin(name_or_path):
+        tokenizer = build_word_tokenizer()
+    else:
+        if os.path.isdir(name_or_path) and not _has_tokenizer_files(name_or_path):
+            raise ModelLoadError(
+                f"{name_or_path} has no tokenizer files (tokenizer.json, tokenizer_config.json, vocab/merges or "
+                "sentencepiece model); save one there or pass --model.tokenizer_name_or_path"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer {name_or_path!r} has neither a pad token nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.warning("tokenizer %s has no pad token; using its EOS token %r as pad token", name_or_path,
+                    tokenizer.eos_token)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    config_overrides: dict[str, Any] | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """Load (or build, for the embedded name) a causal LM whose pad/EOS ids agree with ``tokenizer``.
+
+    Args:
+        name_or_path: ``"tiny-arithmetic"``, a hub name, or a ``save_pretrained`` folder.
+        tokenizer: the tokenizer the model is used with; its pad id is written into ``model.config``.
+        config_overrides: for the embedded model, ``LlamaConfig`` fields; for others, config attributes passed
+            to ``from_pretrained`` (e.g. ``{"dropout": 0.0}``).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` for the weights; ``None`` keeps float32 (use
+            ``trainer.precision: bf16-mixed`` for mixed precision).
+        trust_remote_code: passed to ``from_pretrained``.
+        attn_implementation: e.g. ``"sdpa"`` or ``"eager"``; ``None`` lets transformers choose.
+
+    Returns:
+        The model in train mode.
+
+    Raises:
+        ModelLoadError: the path does not hold a causal LM, or its vocabulary is smaller than the tokenizer's.
+    """
+    if dtype is not None and dtype not in _DTYPES:
+        raise ModelLoadError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if is_builtin(name_or_path):
+        model = build_tiny_llama(tokenizer, config_overrides)
+    else:
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **(config_overrides or {})}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"could not load a causal LM from {name_or_path!r}: {err}") from err
+    if dtype is not None:
+        model = model.to(_DTYPES[dtype])
+    embeddings = model.get_input_embeddings().num_embeddings
+    if embeddings < len(tokenizer):
+        raise ModelLoadError(
+            f"model {name_or_path!r} has {embeddings} token embeddings but its tokenizer has {len(tokenizer)} "
+            "tokens; resize the embeddings or use the model's own tokenizer"
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config.eos_token_id is None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.train()
+    return model
+
+
+def _has_tokenizer_files(folder: str) -> bool:
+    names = set(os.listdir(folder))
+    known = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt"}
+    return bool(names & known)

@@ -1,0 +1,6 @@
+"""LightningModules: one per training stage."""
+
+from lit_rlhf.modules.base import CheckpointMismatchError, RLHFModule
+from lit_rlhf.modules.sft import SFTModule
+
+__all__ = ["CheckpointMismatchError", "RLHFModule", "SFTModule"]

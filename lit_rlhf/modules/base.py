@@ -1,0 +1,132 @@
+"""What every lit_rlhf LightningModule shares: checkpoint identity, RNG state, HF export, the optimizer recipe."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
+
+CHECKPOINT_KEY = "lit_rlhf"
+
+
+class CheckpointMismatchError(ValueError):
+    """``--ckpt_path`` points to a checkpoint this module cannot resume from."""
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """The state of every global RNG a training step may draw from (python, numpy, torch, CUDA)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        # Plain Python values and tensors only, so the checkpoint loads with torch.load(weights_only=True).
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`collect_rng_states`."""
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def qualified_name(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class RLHFModule(L.LightningModule):
+    """Base LightningModule of lit_rlhf.
+
+    - Checkpoints record the module class; resuming with another class fails at once with a clear message.
+    - Checkpoints carry the global RNG states, restored when training restarts, so a resumed run draws the same
+      random numbers as an uninterrupted one.
+    - :meth:`export_hf` writes the trained model as a Hugging Face ``save_pretrained`` folder.
+
+    Subclasses set ``self.model`` (a ``PreTrainedModel``) and ``self.tokenizer``.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._realign_log_step = False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"module_class": qualified_name(self), "rng_states": collect_rng_states()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is None:
+            raise CheckpointMismatchError(
+                f"this checkpoint was not written by a lit_rlhf module, so {type(self).__name__} cannot resume from it"
+            )
+        if meta["module_class"] != qualified_name(self):
+            raise CheckpointMismatchError(
+                f"this checkpoint was written by {meta['module_class']}, but the model to resume is "
+                f"{qualified_name(self)}; use the config of the run that wrote it"
+            )
+        self._rng_to_restore = meta.get("rng_states")
+        self._realign_log_step = True
+
+    def on_train_start(self) -> None:
+        # Restored here, the last hook before the first resumed step, so that nothing in between draws from them.
+        if self._rng_to_restore is not None:
+            restore_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning 2.6 restores its logging step (``_batches_that_stepped``) one too high when the checkpoint was
+        # taken at the end of a validation or of fit, which shifts every curve of a resumed run by one step. With
+        # automatic optimization it equals the optimizer step count at each batch start, so put it back once.
+        if self._realign_log_step and self.automatic_optimization:
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+        self._realign_log_step = False
+
+    def export_hf(self, path: str) -> None:
+        """Save the model and tokenizer with ``save_pretrained`` (safetensors) into ``path``."""
+        os.makedirs(path, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def build_optimizer(
+        self,
+        params: list[tuple[str, torch.nn.Parameter]],
+        *,
+        learning_rate: float,
+        weight_decay: float,
+        betas: tuple[float, float],
+        warmup_steps: int,
+        lr_schedule: ScheduleName,
+        min_lr_ratio: float,
+        total_steps: int,
+    ) -> tuple[torch.optim.Optimizer, LambdaLR]:
+        """AdamW (no decay on biases and norms) with a warmup + decay schedule stepped once per optimizer step."""
+        decay = [p for n, p in params if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for n, p in params if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=learning_rate,
+            betas=betas,
+        )
+        scheduler = LambdaLR(
+            optimizer,
+            lambda step: warmup_decay_factor(step, warmup_steps, total_steps, lr_schedule, min_lr_ratio),
+        )
+        return optimizer, scheduler

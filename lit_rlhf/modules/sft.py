@@ -1,0 +1,160 @@
+"""Supervised fine-tuning of a causal LM on {prompt, response} rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics import MeanMetric
+
+from lit_rlhf.functional.schedules import ScheduleName
+from lit_rlhf.functional.sft import sft_loss
+from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+from lit_rlhf.modules.base import RLHFModule
+from lit_rlhf.tables import log_text, markdown_table
+
+
+class SFTModule(RLHFModule):
+    """Next-token cross-entropy on response tokens only (prompt and padding masked with -100).
+
+    Logs ``train/loss`` (progress bar), ``train/perplexity``, ``train/token_accuracy``, ``train/lr``; on validation
+    ``val/loss``, ``val/perplexity``, ``val/token_accuracy`` (token-weighted over the whole set), greedy samples as a
+    TensorBoard text table, and, when the DataModule has a verifier, its gold metrics (``val/exact_match``...).
+
+    Args:
+        model_name_or_path: ``tiny-arithmetic`` (built-in, no download), a hub name or a ``save_pretrained`` dir.
+        tokenizer_name_or_path: where the tokenizer lives if not beside the model.
+        model_config: config overrides: ``LlamaConfig`` fields for the built-in model, else ``from_pretrained``
+            keyword arguments (e.g. ``{attention_dropout: 0.0}``).
+        dtype: weight dtype (``float32``, ``bfloat16``, ``float16``); keep ``null`` and set
+            ``trainer.precision: bf16-mixed`` for mixed precision.
+        trust_remote_code: passed to ``from_pretrained``.
+        gradient_checkpointing: trade compute for memory on large models.
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps.
+        lr_schedule: ``cosine``, ``linear`` or ``constant`` after warmup, over ``trainer.max_steps`` (or the
+            estimated number of steps).
+        min_lr_ratio: floor of the decay as a fraction of ``learning_rate``.
+        max_new_tokens: generation length for validation samples.
+        generate_val_batches: validation batches to generate for (gold metrics, samples); ``null`` = all, 0 = none.
+        num_logged_samples: rows of the sample table written each validation.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "tiny-arithmetic",
+        tokenizer_name_or_path: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: ScheduleName = "cosine",
+        min_lr_ratio: float = 0.0,
+        max_new_tokens: int = 64,
+        generate_val_batches: int | None = None,
+        num_logged_samples: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path, trust_remote_code=trust_remote_code)
+        self.model = load_causal_lm(
+            model_name_or_path,
+            self.tokenizer,
+            config_overrides=model_config,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.val_loss = MeanMetric()
+        self.val_token_accuracy = MeanMetric()
+        self.val_gold = torch.nn.ModuleDict()
+        self._samples: list[tuple[str, str, str, str]] = []
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, seq_len, vocab)``."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss, stats = sft_loss(logits, batch["labels"])
+        size = batch["input_ids"].size(0)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/perplexity", stats.loss.exp(), batch_size=size)
+        self.log("train/token_accuracy", stats.num_correct / stats.num_tokens.clamp(min=1), batch_size=size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        _, stats = sft_loss(logits, batch["labels"])
+        tokens = stats.num_tokens.clamp(min=1).float()
+        self.val_loss.update(stats.loss, weight=tokens)
+        self.val_token_accuracy.update(stats.num_correct / tokens, weight=tokens)
+        limit = self.hparams.generate_val_batches
+        if limit is None or batch_idx < limit:
+            self._validate_generations(batch)
+
+    def _validate_generations(self, batch: dict[str, Any]) -> None:
+        generation = generate(
+            self.model,
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            max_new_tokens=self.hparams.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        completions = decode_responses(self.tokenizer, generation)
+        rows = batch["rows"]
+        datamodule = getattr(self.trainer, "datamodule", None)
+        scores = datamodule.score_completions(completions, rows) if datamodule is not None else {}
+        for name, values in scores.items():
+            self._gold_metric(name).update(torch.tensor(values, dtype=torch.float32, device=self.device))
+        self._gold_metric("eos_rate").update(generation.has_eos.float())
+        room = self.hparams.num_logged_samples - len(self._samples)
+        for i in range(min(room, len(completions))):
+            score = ", ".join(f"{k}={v[i]:.2f}" for k, v in scores.items())
+            self._samples.append((rows[i]["prompt"], completions[i], rows[i]["response"], score))
+
+    def _gold_metric(self, name: str) -> MeanMetric:
+        if name not in self.val_gold:
+            self.val_gold[name] = MeanMetric().to(self.device)
+        return self.val_gold[name]
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/perplexity", loss.exp())
+        self.log("val/token_accuracy", self.val_token_accuracy.compute())
+        self.val_loss.reset()
+        self.val_token_accuracy.reset()
+        for name, metric in self.val_gold.items():
+            if metric.update_count:
+                self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
+            metric.reset()
+        if self._samples and not self.trainer.sanity_checking:
+            table = markdown_table(("prompt", "generated", "reference", "score"), self._samples)
+            log_text(self.loggers, "samples/val", table, self.global_step)
+        self._samples = []
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = self.build_optimizer(
+            list(self.model.named_parameters()),
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            betas=tuple(hp.betas),
+            warmup_steps=hp.warmup_steps,
+            lr_schedule=hp.lr_schedule,
+            min_lr_ratio=hp.min_lr_ratio,
+            total_steps=total,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

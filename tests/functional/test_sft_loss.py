@@ -1,0 +1,47 @@
+import math
+
+import torch
+
+from lit_rlhf.functional import IGNORE_INDEX, logprobs_from_logits, sft_loss
+
+
+def test_sft_loss_counts_only_response_tokens_by_hand():
+    # Vocabulary of 2. Sequence [a, b, a] where only the last token is a response token.
+    # Position 1 predicts token 2 (= 0) with logits [ln 3, 0]: p = 3/4, so loss = -ln(3/4).
+    logits = torch.zeros(1, 3, 2)
+    logits[0, 1] = torch.tensor([math.log(3.0), 0.0])
+    logits[0, 0] = torch.tensor([100.0, -100.0])  # predicts token 1 (prompt): must be ignored
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 0]])
+    loss, stats = sft_loss(logits, labels)
+    assert math.isclose(loss.item(), -math.log(0.75), rel_tol=1e-6)
+    assert stats.num_tokens.item() == 1
+    assert stats.num_correct.item() == 1  # argmax of [ln 3, 0] is token 0
+
+
+def test_sft_loss_is_mean_over_all_supervised_tokens_of_the_batch():
+    # Two rows, uniform logits over 4 tokens: each supervised token costs ln 4, whatever the row.
+    logits = torch.zeros(2, 4, 4)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3], [IGNORE_INDEX, IGNORE_INDEX, 1, IGNORE_INDEX]])
+    loss, stats = sft_loss(logits, labels)
+    assert math.isclose(loss.item(), math.log(4.0), rel_tol=1e-6)
+    assert stats.num_tokens.item() == 4  # 3 targets in row 0 (positions 1..3), 1 in row 1
+
+
+def test_sft_loss_gradient_flows_only_through_supervised_positions():
+    logits = torch.zeros(1, 3, 3, requires_grad=True)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2]])
+    loss, _ = sft_loss(logits, labels)
+    loss.backward()
+    assert logits.grad[0, 0].abs().sum() == 0  # position 0 predicts an ignored label
+    assert logits.grad[0, 2].abs().sum() == 0  # last position predicts nothing
+    assert logits.grad[0, 1].abs().sum() > 0
+
+
+def test_logprobs_from_logits_by_hand():
+    # logits [0, ln 3] -> probabilities [1/4, 3/4].
+    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]])
+    tokens = torch.tensor([[1, 0]])
+    expected = torch.tensor([[math.log(0.75), math.log(0.25)]])
+    assert torch.allclose(logprobs_from_logits(logits, tokens), expected, atol=1e-6)
+    # Ignored labels give 0 instead of indexing out of range.
+    assert logprobs_from_logits(logits, torch.tensor([[IGNORE_INDEX, 0]]))[0, 0].item() == 0.0

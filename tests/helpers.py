@@ -1,0 +1,65 @@
+"""Helpers for tests: tiny Hugging Face models saved to folders, event-file readers, CLI argument lists."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import decoders as tk_decoders
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from tests.conftest import TINY_MODEL_CONFIG
+
+
+def save_tiny_gpt2(path: str, texts: list[str]) -> str:
+    """A 2-layer GPT-2 with a byte-level BPE tokenizer trained on ``texts``, with no pad token (like GPT-2)."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = tk_decoders.ByteLevel()
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def fixture_texts(path: str) -> list[str]:
+    with open(path) as f:
+        return [" ".join(json.loads(line).values()) for line in f]
+
+
+def tiny_cli_args(config: str, run_dir: str, max_steps: int = 6) -> list[str]:
+    """``fit`` arguments that run ``config`` with the tiny model and a small data set into ``run_dir``."""
+    return [
+        "fit", "--config", config,
+        "--model.init_args.model_config", json.dumps(TINY_MODEL_CONFIG),
+        "--data.init_args.num_train", "128", "--data.init_args.num_val", "16", "--data.init_args.batch_size", "16",
+        "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "3",
+        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+        "--trainer.logger.init_args.save_dir", os.path.dirname(os.path.dirname(run_dir)),
+        "--trainer.logger.init_args.name", os.path.basename(os.path.dirname(run_dir)),
+        "--trainer.logger.init_args.version", os.path.basename(run_dir),
+    ]
+
+
+def read_events(run_dir: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[str]]]:
+    """Scalars ``{tag: [(step, value)]}`` and texts ``{tag: [text]}`` of every event file in ``run_dir``."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    texts: dict[str, list[str]] = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        events = EventAccumulator(path, size_guidance={"scalars": 0, "tensors": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
+        for tag in events.Tags()["tensors"]:
+            texts.setdefault(tag, []).extend(
+                e.tensor_proto.string_val[0].decode() for e in events.Tensors(tag)
+            )
+    return scalars, texts

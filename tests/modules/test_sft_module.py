@@ -1,0 +1,101 @@
+import os
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lit_rlhf.callbacks import HFExport
+from lit_rlhf.data import ArithmeticDataModule
+from lit_rlhf.generation import generate
+from lit_rlhf.modules import CheckpointMismatchError, SFTModule
+from tests.conftest import TINY_MODEL_CONFIG
+
+
+class LossRecorder(L.Callback):
+    def __init__(self):
+        self.losses = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step] = outputs["loss"].item()
+
+
+def make(tmp_path, max_steps, callbacks=(), **data_kwargs):
+    L.seed_everything(0)
+    module = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2, max_new_tokens=16, warmup_steps=2)
+    data = ArithmeticDataModule(**{"num_train": 256, "num_val": 32, "batch_size": 32, **data_kwargs})
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        val_check_interval=4,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
+    return module, data, trainer
+
+
+def test_few_steps_change_weights_and_lower_loss(tmp_path):
+    recorder = LossRecorder()
+    module, data, trainer = make(tmp_path, max_steps=12, callbacks=[recorder])
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    trainer.fit(module, data)
+    changed = [k for k, v in module.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)
+    losses = [recorder.losses[s] for s in sorted(recorder.losses)]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
+    metrics = trainer.callback_metrics
+    for name in ("train/loss", "train/perplexity", "train/token_accuracy", "train/lr", "val/loss",
+                 "val/perplexity", "val/token_accuracy", "val/exact_match", "val/graded_score", "val/eos_rate"):
+        assert name in metrics, name
+    assert torch.isclose(metrics["val/perplexity"], metrics["val/loss"].exp())
+
+
+def test_export_round_trip_generates_the_same_tokens(tmp_path):
+    module, data, trainer = make(tmp_path, max_steps=8, callbacks=[HFExport("hf")])
+    trainer.fit(module, data)
+    path = os.path.join(tmp_path, "hf")
+    assert os.path.isfile(os.path.join(path, "model.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = next(iter(data.val_dataloader()))
+    kwargs = dict(max_new_tokens=16, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ours = generate(module.model, batch["prompt_input_ids"], batch["prompt_attention_mask"], **kwargs)
+    theirs = generate(model, batch["prompt_input_ids"], batch["prompt_attention_mask"], **kwargs)
+    assert torch.equal(ours.response_ids, theirs.response_ids)
+    assert tokenizer("Let 5 be")["input_ids"] == module.tokenizer("Let 5 be")["input_ids"]
+
+
+@pytest.mark.parametrize("resume_step", [4, 8])  # mid-epoch (8 batches per epoch) and at the epoch boundary
+def test_resume_continues_the_same_loss_curve(tmp_path, resume_step):
+    full = LossRecorder()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    module, data, trainer = make(tmp_path / "a", max_steps=12, callbacks=[full, ckpt])
+    trainer.fit(module, data)
+
+    resumed = LossRecorder()
+    module, data, trainer = make(tmp_path / "b", max_steps=12, callbacks=[resumed])
+    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / f"step={resume_step}.ckpt"))
+    assert sorted(resumed.losses) == list(range(resume_step + 1, 13))
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(full.losses[step], abs=1e-6), step
+    assert trainer.global_step == 12
+
+
+def test_checkpoint_of_another_module_class_is_refused(tmp_path):
+    class OtherModule(SFTModule):
+        pass
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    module, data, trainer = make(tmp_path, max_steps=2, callbacks=[ckpt])
+    trainer.fit(module, data)
+    L.seed_everything(0)
+    other = OtherModule(model_config=TINY_MODEL_CONFIG)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(CheckpointMismatchError, match="written by lit_rlhf.modules.sft.SFTModule"):
+        trainer.fit(other, data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))

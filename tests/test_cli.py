@@ -1,0 +1,96 @@
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lit_rlhf.cli import cli_main
+from tests.helpers import fixture_texts, read_events, save_tiny_gpt2, tiny_cli_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+SFT_CONFIG = os.path.join(ROOT, "configs", "arithmetic", "sft.yaml")
+QA_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sft", "qa.jsonl")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", config, "--print_config"])
+    assert exit_info.value.code in (None, 0)
+    printed = capsys.readouterr().out
+    assert "class_path: lit_rlhf." in printed and "trainer:" in printed
+
+
+def test_help_and_print_config_from_the_script():
+    out = subprocess.run([sys.executable, "train.py", "fit", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "--ckpt_path" in out.stdout and "--hf_export.dirname" in out.stdout
+    out = subprocess.run([sys.executable, "train.py", "fit", "--print_config"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "seed_everything" in out.stdout
+
+
+def test_unknown_config_key_is_jsonargparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", SFT_CONFIG, "--model.init_args.learning_rat", "0.1"])
+    assert exit_info.value.code != 0
+    assert "learning_rat" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(SFT_CONFIG).read().replace("  max_steps: 600", "  max_stepz: 600"))
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(bad)])
+    assert "max_stepz" in capsys.readouterr().err
+
+
+def test_missing_ckpt_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--ckpt_path .*nope.ckpt: no such checkpoint file"):
+        cli_main(tiny_cli_args(SFT_CONFIG, str(tmp_path / "runs" / "x" / "sft")) + ["--ckpt_path",
+                                                                                   str(tmp_path / "nope.ckpt")])
+
+
+def test_fit_writes_run_folder_and_resumes_with_the_same_command(tmp_path):
+    run_dir = str(tmp_path / "runs" / "arithmetic" / "sft")
+    cli = cli_main(tiny_cli_args(SFT_CONFIG, run_dir, max_steps=6))
+    assert cli.trainer.global_step == 6
+    for name in ("config.yaml", "checkpoints/last.ckpt", "hf/model.safetensors", "hf/tokenizer.json"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    scalars, texts = read_events(run_dir)
+    for tag in ("train/loss", "train/perplexity", "train/token_accuracy", "train/lr", "val/loss", "val/perplexity",
+                "val/token_accuracy", "val/exact_match", "val/graded_score"):
+        assert tag in scalars, tag
+    assert any("| prompt | generated | reference | score |" in t for t in texts["samples/val/text_summary"])
+
+    # Same command plus --ckpt_path and more steps: config.yaml exists and is overwritten, training continues.
+    args = tiny_cli_args(SFT_CONFIG, run_dir, max_steps=9)
+    cli = cli_main(args + ["--ckpt_path", os.path.join(run_dir, "checkpoints", "last.ckpt")])
+    assert cli.trainer.global_step == 9
+    steps = [s for s, _ in read_events(run_dir)[0]["train/loss"]]
+    assert sorted(steps) == list(range(9))  # one point per step, no gap or repeat at the resume
+
+
+def test_any_hf_causal_lm_with_the_generic_sft_datamodule(tmp_path, capsys):
+    model_dir = save_tiny_gpt2(str(tmp_path / "gpt2"), fixture_texts(QA_FIXTURE))
+    run_dir = tmp_path / "runs" / "qa" / "sft"
+    cli = cli_main([
+        "fit", "--config", SFT_CONFIG,
+        "--model.init_args.model_name_or_path", model_dir,
+        "--model.init_args.learning_rate", "1e-3",
+        "--data", "lit_rlhf.data.SFTDataModule",
+        "--data.train", QA_FIXTURE,
+        "--data.columns", '{"prompt": "question", "response": "answer"}',
+        "--data.val_fraction", "0.25", "--data.batch_size", "4", "--data.max_length", "48",
+        "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.logger.init_args.name", "qa",
+        "--trainer.callbacks", "[]",
+    ])
+    assert cli.trainer.global_step == 4
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained(run_dir / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "hf")
+    assert tokenizer.pad_token == tokenizer.eos_token  # set by lit_rlhf, saved with the export
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, cli.model.model.state_dict()[name])
