@@ -58,8 +58,11 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {
-            "do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+            if do_sample
+            else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+        )
         output = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,

@@ -22,8 +22,13 @@ def save_tiny_gpt2(path: str, texts: list[str]) -> str:
     core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -38,14 +43,31 @@ def fixture_texts(path: str) -> list[str]:
 def tiny_cli_args(config: str, run_dir: str, max_steps: int = 6) -> list[str]:
     """``fit`` arguments that run ``config`` with the tiny model and a small data set into ``run_dir``."""
     return [
-        "fit", "--config", config,
-        "--model.init_args.model_config", json.dumps(TINY_MODEL_CONFIG),
-        "--data.init_args.num_train", "128", "--data.init_args.num_val", "16", "--data.init_args.batch_size", "16",
-        "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "3",
-        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
-        "--trainer.logger.init_args.save_dir", os.path.dirname(os.path.dirname(run_dir)),
-        "--trainer.logger.init_args.name", os.path.basename(os.path.dirname(run_dir)),
-        "--trainer.logger.init_args.version", os.path.basename(run_dir),
+        "fit",
+        "--config",
+        config,
+        "--model.init_args.model_config",
+        json.dumps(TINY_MODEL_CONFIG),
+        "--data.init_args.num_train",
+        "128",
+        "--data.init_args.num_val",
+        "16",
+        "--data.init_args.batch_size",
+        "16",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--trainer.val_check_interval",
+        "3",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.logger.init_args.save_dir",
+        os.path.dirname(os.path.dirname(run_dir)),
+        "--trainer.logger.init_args.name",
+        os.path.basename(os.path.dirname(run_dir)),
+        "--trainer.logger.init_args.version",
+        os.path.basename(run_dir),
     ]
 
 
@@ -59,7 +81,5 @@ def read_events(run_dir: str) -> tuple[dict[str, list[tuple[int, float]]], dict[
         for tag in events.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
         for tag in events.Tags()["tensors"]:
-            texts.setdefault(tag, []).extend(
-                e.tensor_proto.string_val[0].decode() for e in events.Tensors(tag)
-            )
+            texts.setdefault(tag, []).extend(e.tensor_proto.string_val[0].decode() for e in events.Tensors(tag))
     return scalars, texts

@@ -27,8 +27,9 @@ def test_every_config_parses(config, capsys):
 def test_help_and_print_config_from_the_script():
     out = subprocess.run([sys.executable, "train.py", "fit", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "--ckpt_path" in out.stdout and "--hf_export.dirname" in out.stdout
-    out = subprocess.run([sys.executable, "train.py", "fit", "--print_config"], cwd=ROOT, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "train.py", "fit", "--print_config"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0 and "seed_everything" in out.stdout
 
 
@@ -46,8 +47,10 @@ def test_unknown_config_key_is_jsonargparse_error(tmp_path, capsys):
 
 def test_missing_ckpt_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--ckpt_path .*nope.ckpt: no such checkpoint file"):
-        cli_main(tiny_cli_args(SFT_CONFIG, str(tmp_path / "runs" / "x" / "sft")) + ["--ckpt_path",
-                                                                                   str(tmp_path / "nope.ckpt")])
+        cli_main(
+            tiny_cli_args(SFT_CONFIG, str(tmp_path / "runs" / "x" / "sft"))
+            + ["--ckpt_path", str(tmp_path / "nope.ckpt")]
+        )
 
 
 def test_fit_writes_run_folder_and_resumes_with_the_same_command(tmp_path):
@@ -57,8 +60,17 @@ def test_fit_writes_run_folder_and_resumes_with_the_same_command(tmp_path):
     for name in ("config.yaml", "checkpoints/last.ckpt", "hf/model.safetensors", "hf/tokenizer.json"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     scalars, texts = read_events(run_dir)
-    for tag in ("train/loss", "train/perplexity", "train/token_accuracy", "train/lr", "val/loss", "val/perplexity",
-                "val/token_accuracy", "val/exact_match", "val/graded_score"):
+    for tag in (
+        "train/loss",
+        "train/perplexity",
+        "train/token_accuracy",
+        "train/lr",
+        "val/loss",
+        "val/perplexity",
+        "val/token_accuracy",
+        "val/exact_match",
+        "val/graded_score",
+    ):
         assert tag in scalars, tag
     assert any("| prompt | generated | reference | score |" in t for t in texts["samples/val/text_summary"])
 
@@ -73,19 +85,41 @@ def test_fit_writes_run_folder_and_resumes_with_the_same_command(tmp_path):
 def test_any_hf_causal_lm_with_the_generic_sft_datamodule(tmp_path, capsys):
     model_dir = save_tiny_gpt2(str(tmp_path / "gpt2"), fixture_texts(QA_FIXTURE))
     run_dir = tmp_path / "runs" / "qa" / "sft"
-    cli = cli_main([
-        "fit", "--config", SFT_CONFIG,
-        "--model.init_args.model_name_or_path", model_dir,
-        "--model.init_args.learning_rate", "1e-3",
-        "--data", "lit_rlhf.data.SFTDataModule",
-        "--data.train", QA_FIXTURE,
-        "--data.columns", '{"prompt": "question", "response": "answer"}',
-        "--data.val_fraction", "0.25", "--data.batch_size", "4", "--data.max_length", "48",
-        "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.logger.init_args.name", "qa",
-        "--trainer.callbacks", "[]",
-    ])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            SFT_CONFIG,
+            "--model.model_name_or_path",  # the short form the README shows
+            model_dir,
+            "--model.learning_rate",
+            "1e-3",
+            "--data",
+            "lit_rlhf.data.SFTDataModule",
+            "--data.train",
+            QA_FIXTURE,
+            "--data.columns",
+            '{"prompt": "question", "response": "answer"}',
+            "--data.val_fraction",
+            "0.25",
+            "--data.batch_size",
+            "4",
+            "--data.max_length",
+            "48",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "runs"),
+            "--trainer.logger.init_args.name",
+            "qa",
+            "--trainer.callbacks",
+            "[]",
+        ]
+    )
     assert cli.trainer.global_step == 4
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

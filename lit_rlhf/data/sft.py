@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 

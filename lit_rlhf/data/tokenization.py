@@ -128,7 +128,9 @@ def encode_sft_rows(
             if len(prompt_ids) + len(response_ids) > max_length:
                 report.response_truncated += 1
                 response_ids = response_ids[: max_length - len(prompt_ids)]
-        examples.append({"prompt_ids": prompt_ids, "response_ids": response_ids, "row": {**row, "row_index": row_index}})
+        examples.append(
+            {"prompt_ids": prompt_ids, "response_ids": response_ids, "row": {**row, "row_index": row_index}}
+        )
     if report.prompt_truncated or report.response_truncated or report.dropped:
         log.warning("over-long rows (policy %r): %s", overlong, report.summary())
     if not examples:

@@ -57,8 +57,9 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right", **kwargs: Any
         if tokenizer.eos_token is None:
             raise ModelLoadError(f"tokenizer {name_or_path!r} has neither a pad token nor an EOS token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
-        log.warning("tokenizer %s has no pad token; using its EOS token %r as pad token", name_or_path,
-                    tokenizer.eos_token)
+        log.warning(
+            "tokenizer %s has no pad token; using its EOS token %r as pad token", name_or_path, tokenizer.eos_token
+        )
     tokenizer.padding_side = padding_side
     return tokenizer
 

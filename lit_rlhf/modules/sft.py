@@ -63,7 +63,9 @@ class SFTModule(RLHFModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(
+            tokenizer_name_or_path or model_name_or_path, trust_remote_code=trust_remote_code
+        )
         self.model = load_causal_lm(
             model_name_or_path,
             self.tokenizer,

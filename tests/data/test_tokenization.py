@@ -69,7 +69,9 @@ def test_every_row_dropped_is_an_error(word_tokenizer):
 
 def test_chat_template_wraps_the_prompt(word_tokenizer):
     tok = word_tokenizer
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}value{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}value{% endif %}"
+    )
     examples, _ = encode_sft_rows(_rows(("Let 5", "1")), tok, max_length=16)
     assert examples[0]["prompt_ids"] == tok("Let 5 value", add_special_tokens=False)["input_ids"]
     examples, _ = encode_sft_rows(_rows(("Let 5", "1")), tok, max_length=16, use_chat_template=False)

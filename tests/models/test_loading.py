@@ -20,9 +20,10 @@ def test_saved_builtin_round_trips_through_auto_classes(tmp_path):
     load_causal_lm(TINY_ARITHMETIC, tok, config_overrides=TINY_MODEL_CONFIG).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path)("Let 5")["input_ids"] == tok("Let 5")["input_ids"]
-    assert isinstance(load_causal_lm(str(tmp_path), load_tokenizer(str(tmp_path))), AutoModelForCausalLM._model_mapping[
-        type(AutoModelForCausalLM.from_pretrained(tmp_path).config)
-    ])
+    assert isinstance(
+        load_causal_lm(str(tmp_path), load_tokenizer(str(tmp_path))),
+        AutoModelForCausalLM._model_mapping[type(AutoModelForCausalLM.from_pretrained(tmp_path).config)],
+    )
 
 
 def test_model_dir_without_tokenizer_is_a_clear_error(tmp_path):

@@ -50,8 +50,18 @@ def test_few_steps_change_weights_and_lower_loss(tmp_path):
     losses = [recorder.losses[s] for s in sorted(recorder.losses)]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
     metrics = trainer.callback_metrics
-    for name in ("train/loss", "train/perplexity", "train/token_accuracy", "train/lr", "val/loss",
-                 "val/perplexity", "val/token_accuracy", "val/exact_match", "val/graded_score", "val/eos_rate"):
+    for name in (
+        "train/loss",
+        "train/perplexity",
+        "train/token_accuracy",
+        "train/lr",
+        "val/loss",
+        "val/perplexity",
+        "val/token_accuracy",
+        "val/exact_match",
+        "val/graded_score",
+        "val/eos_rate",
+    ):
         assert name in metrics, name
     assert torch.isclose(metrics["val/perplexity"], metrics["val/loss"].exp())
 
@@ -99,3 +109,21 @@ def test_checkpoint_of_another_module_class_is_refused(tmp_path):
     trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(CheckpointMismatchError, match="written by lit_rlhf.modules.sft.SFTModule"):
         trainer.fit(other, data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+
+
+def test_bf16_mixed_precision_trains(tmp_path):
+    L.seed_everything(0)
+    module = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2)
+    data = ArithmeticDataModule(num_train=64, num_val=16, batch_size=16)
+    trainer = L.Trainer(
+        max_steps=3,
+        precision="bf16-mixed",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, data)
+    assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert next(module.model.parameters()).dtype == torch.float32  # mixed: weights stay float32
