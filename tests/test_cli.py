@@ -128,3 +128,13 @@ def test_any_hf_causal_lm_with_the_generic_sft_datamodule(tmp_path, capsys):
     assert tokenizer.pad_token == tokenizer.eos_token  # set by lit_rlhf, saved with the export
     for name, value in exported.state_dict().items():
         assert torch.equal(value, cli.model.model.state_dict()[name])
+
+
+def test_validate_subcommand_scores_a_checkpoint(tmp_path):
+    run_dir = str(tmp_path / "runs" / "arithmetic" / "sft")
+    cli_main(tiny_cli_args(SFT_CONFIG, run_dir, max_steps=3))
+    args = ["validate"] + tiny_cli_args(SFT_CONFIG, run_dir)[1:]
+    cli = cli_main(args + ["--ckpt_path", os.path.join(run_dir, "checkpoints", "last.ckpt")])
+    metrics = cli.trainer.callback_metrics
+    assert {"val/loss", "val/exact_match", "val/graded_score"} <= set(metrics)
+    assert cli.datamodule.train_dataset is None  # validate tokenizes only the held-out split

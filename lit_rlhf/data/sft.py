@@ -55,13 +55,16 @@ class SFTRowsDataModule(RLHFDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
+        """Validate and tokenize the splits ``stage`` needs (``validate``: only the validation split)."""
+        needed = ["val"] if stage == "validate" else ["train", "val"]
+        if all(getattr(self, f"{split}_dataset") is not None for split in needed):
             return
         tokenizer = self._require_tokenizer()
-        encoded = {}
-        for split, rowset in self.load_rows().items():
+        rowsets = self.load_rows()
+        for split in needed:
+            rowset = rowsets[split]
             validate_text_rows(rowset, SFT_FIELDS)
-            encoded[split], self.reports[split] = encode_sft_rows(
+            examples, self.reports[split] = encode_sft_rows(
                 rowset,
                 tokenizer,
                 max_length=self.max_length,
@@ -70,8 +73,8 @@ class SFTRowsDataModule(RLHFDataModule):
                 use_chat_template=self.use_chat_template,
                 system_prompt=self.system_prompt,
             )
+            setattr(self, f"{split}_dataset", examples)
             rank_zero_info(f"[{split}] {self.reports[split].summary()}")
-        self.train_dataset, self.val_dataset = encoded["train"], encoded["val"]
 
     def train_dataloader(self) -> DataLoader:
         return self._train_loader(self.train_dataset, SFTCollator(self._require_tokenizer().pad_token_id))
