@@ -14,6 +14,21 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from tests.conftest import TINY_MODEL_CONFIG
 
 
+SFT_METRICS = (
+    "train/loss",
+    "train/perplexity",
+    "train/token_accuracy",
+    "train/lr",
+    "val/loss",
+    "val/perplexity",
+    "val/token_accuracy",
+    "val/exact_match",
+    "val/graded_score",
+    "val/eos_rate",
+)
+"""Every scalar the SFT module logs on the arithmetic task."""
+
+
 def save_tiny_gpt2(path: str, texts: list[str]) -> str:
     """A 2-layer GPT-2 with a byte-level BPE tokenizer trained on ``texts``, with no pad token (like GPT-2)."""
     core = Tokenizer(models.BPE())

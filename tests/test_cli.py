@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lit_rlhf.cli import cli_main
-from tests.helpers import fixture_texts, read_events, save_tiny_gpt2, tiny_cli_args
+from tests.helpers import SFT_METRICS, fixture_texts, read_events, save_tiny_gpt2, tiny_cli_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -60,17 +60,7 @@ def test_fit_writes_run_folder_and_resumes_with_the_same_command(tmp_path):
     for name in ("config.yaml", "checkpoints/last.ckpt", "hf/model.safetensors", "hf/tokenizer.json"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     scalars, texts = read_events(run_dir)
-    for tag in (
-        "train/loss",
-        "train/perplexity",
-        "train/token_accuracy",
-        "train/lr",
-        "val/loss",
-        "val/perplexity",
-        "val/token_accuracy",
-        "val/exact_match",
-        "val/graded_score",
-    ):
+    for tag in SFT_METRICS:
         assert tag in scalars, tag
     assert any("| prompt | generated | reference | score |" in t for t in texts["samples/val/text_summary"])
 

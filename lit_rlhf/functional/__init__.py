@@ -5,12 +5,16 @@ Nothing in this package imports Lightning; every function is tested on hand-comp
 
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import IGNORE_INDEX, mask_after_eos, masked_mean, masked_sum
+from lit_rlhf.functional.reward import RewardStats, bradley_terry_loss, last_token_index
 from lit_rlhf.functional.schedules import warmup_decay_factor
 from lit_rlhf.functional.sft import SFTStats, sft_loss
 
 __all__ = [
     "IGNORE_INDEX",
+    "RewardStats",
     "SFTStats",
+    "bradley_terry_loss",
+    "last_token_index",
     "logprobs_from_logits",
     "mask_after_eos",
     "masked_mean",

@@ -11,6 +11,7 @@ from lit_rlhf.data import ArithmeticDataModule
 from lit_rlhf.generation import generate
 from lit_rlhf.modules import CheckpointMismatchError, SFTModule
 from tests.conftest import TINY_MODEL_CONFIG
+from tests.helpers import SFT_METRICS
 
 
 class LossRecorder(L.Callback):
@@ -50,18 +51,7 @@ def test_few_steps_change_weights_and_lower_loss(tmp_path):
     losses = [recorder.losses[s] for s in sorted(recorder.losses)]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
     metrics = trainer.callback_metrics
-    for name in (
-        "train/loss",
-        "train/perplexity",
-        "train/token_accuracy",
-        "train/lr",
-        "val/loss",
-        "val/perplexity",
-        "val/token_accuracy",
-        "val/exact_match",
-        "val/graded_score",
-        "val/eos_rate",
-    ):
+    for name in SFT_METRICS:
         assert name in metrics, name
     assert torch.isclose(metrics["val/perplexity"], metrics["val/loss"].exp())
 
