@@ -13,7 +13,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from tests.conftest import TINY_MODEL_CONFIG
 
-
 SFT_METRICS = (
     "train/loss",
     "train/perplexity",
