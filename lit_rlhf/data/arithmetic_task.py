@@ -139,3 +139,44 @@ def vocabulary() -> list[str]:
             if not word.startswith("{") and word not in words:
                 words.append(word)
     return words + [str(i) for i in range(MAX_VALUE + 1)]
+
+
+CORRUPTIONS = ("truncated", "wrong_term", "inserted_term")
+"""How a synthetic rejected answer differs from the correct series."""
+
+
+def corrupt_terms(terms: list[int], kind: str, rng: random.Random) -> list[int]:
+    """A wrong version of ``terms`` (never equal to it).
+
+    Args:
+        terms: the correct series (at least one term).
+        kind: ``truncated`` (drop 1 or more trailing terms, keeping at least one; a one-term series gets a wrong
+            term instead), ``wrong_term`` (one term replaced by another value in [0, MAX_VALUE]) or
+            ``inserted_term`` (one extra value inserted at a random position).
+        rng: source of randomness.
+
+    Returns:
+        The corrupted list of terms.
+    """
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {kind!r}; expected one of {CORRUPTIONS}")
+    if kind == "truncated" and len(terms) > 1:
+        return terms[: rng.randrange(1, len(terms))]
+    if kind == "inserted_term":
+        position = rng.randrange(len(terms) + 1)
+        return terms[:position] + [rng.randrange(MAX_VALUE + 1)] + terms[position:]
+    position = rng.randrange(len(terms))
+    value = rng.choice([v for v in range(MAX_VALUE + 1) if v != terms[position]])
+    return terms[:position] + [value] + terms[position + 1 :]
+
+
+def synthetic_pair(problem: ArithmeticProblem, rng: random.Random) -> dict[str, str]:
+    """A preference row: the correct series chosen over a corrupted one (corruption kind picked at random)."""
+    kind = rng.choice(CORRUPTIONS)
+    rejected = corrupt_terms(problem.terms, kind, rng)
+    return {
+        "prompt": problem.prompt,
+        "chosen": problem.answer,
+        "rejected": " ".join(str(v) for v in rejected),
+        "corruption": kind,
+    }

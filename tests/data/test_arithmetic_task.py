@@ -1,12 +1,17 @@
+import random
+
 import pytest
 
 from lit_rlhf.data.arithmetic_task import (
+    CORRUPTIONS,
     TEMPLATES,
     ArithmeticProblem,
     arithmetic_series,
+    corrupt_terms,
     exact_match,
     graded_score,
     split_problems,
+    synthetic_pair,
     vocabulary,
 )
 
@@ -63,3 +68,28 @@ def test_vocabulary_covers_every_prompt_and_answer():
     for problem in split_problems(num_val=50, num_train=300, seed=1)[0]:
         assert set(problem.prompt.split()) <= vocab
         assert set(problem.answer.split()) <= vocab
+
+
+def test_corruptions_have_their_shape_and_are_always_wrong():
+    rng = random.Random(0)
+    terms = [3, 5, 7, 9, 11]
+    for _ in range(200):
+        truncated = corrupt_terms(terms, "truncated", rng)
+        assert 1 <= len(truncated) < len(terms) and truncated == terms[: len(truncated)]
+        wrong = corrupt_terms(terms, "wrong_term", rng)
+        assert len(wrong) == len(terms) and sum(a != b for a, b in zip(wrong, terms)) == 1
+        inserted = corrupt_terms(terms, "inserted_term", rng)
+        assert len(inserted) == len(terms) + 1
+        assert any(inserted[:i] + inserted[i + 1 :] == terms for i in range(len(inserted)))
+    assert corrupt_terms([7], "truncated", rng) != [7]  # cannot shorten one term: a wrong term instead
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt_terms(terms, "reversed", rng)
+
+
+def test_synthetic_pair_prefers_the_verified_answer():
+    rng = random.Random(1)
+    for problem in split_problems(num_val=10, num_train=100, seed=2)[0]:
+        pair = synthetic_pair(problem, rng)
+        assert exact_match(pair["chosen"], problem.answer) == 1.0
+        assert exact_match(pair["rejected"], problem.answer) == 0.0
+        assert pair["prompt"] == problem.prompt and pair["corruption"] in CORRUPTIONS
