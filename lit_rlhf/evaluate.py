@@ -13,7 +13,7 @@ import time
 import torch
 
 from lit_rlhf.data.arithmetic import ArithmeticDataModule
-from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 
 
@@ -39,20 +39,13 @@ def evaluate_arithmetic(
     data = ArithmeticDataModule(num_val=num_val, seed=seed, eval_batch_size=batch_size)
     data.connect(tokenizer)
     data.setup("validate")
-    totals = {"exact_match": 0.0, "graded_score": 0.0, "eos_rate": 0.0}
+    totals: dict[str, float] = {}
     for batch in data.val_dataloader():
-        generation = generate(
-            model,
-            batch["prompt_input_ids"],
-            batch["prompt_attention_mask"],
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        scores = data.score_completions(decode_responses(tokenizer, generation), batch["rows"])
-        totals["exact_match"] += sum(scores["exact_match"])
-        totals["graded_score"] += sum(scores["graded_score"])
-        totals["eos_rate"] += generation.has_eos.sum().item()
+        generation, completions = generate_for_batch(model, tokenizer, batch, max_new_tokens)
+        scores = data.score_completions(completions, batch["rows"])
+        scores["eos_rate"] = generation.has_eos.float().tolist()
+        for name, values in scores.items():
+            totals[name] = totals.get(name, 0.0) + sum(values)
     result = {name: value / num_val for name, value in totals.items()}
     return {**result, "num_prompts": num_val, "seconds": time.perf_counter() - start}
 

@@ -86,3 +86,18 @@ def generate(
 def decode_responses(tokenizer: PreTrainedTokenizerBase, generation: Generation) -> list[str]:
     """Response texts without special tokens (EOS, padding)."""
     return tokenizer.batch_decode(generation.response_ids, skip_special_tokens=True)
+
+
+def generate_for_batch(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict, max_new_tokens: int
+) -> tuple[Generation, list[str]]:
+    """Greedy responses for a validation batch (its left-padded ``prompt_input_ids``) and their texts."""
+    generation = generate(
+        model,
+        batch["prompt_input_ids"],
+        batch["prompt_attention_mask"],
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return generation, decode_responses(tokenizer, generation)

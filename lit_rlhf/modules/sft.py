@@ -9,7 +9,7 @@ from torchmetrics import MeanMetric
 
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.functional.sft import sft_loss
-from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.modules.base import RLHFModule
 from lit_rlhf.tables import log_text, markdown_table
@@ -105,15 +105,7 @@ class SFTModule(RLHFModule):
             self._validate_generations(batch)
 
     def _validate_generations(self, batch: dict[str, Any]) -> None:
-        generation = generate(
-            self.model,
-            batch["prompt_input_ids"],
-            batch["prompt_attention_mask"],
-            max_new_tokens=self.hparams.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        completions = decode_responses(self.tokenizer, generation)
+        generation, completions = generate_for_batch(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)
         rows = batch["rows"]
         datamodule = getattr(self.trainer, "datamodule", None)
         scores = datamodule.score_completions(completions, rows) if datamodule is not None else {}
