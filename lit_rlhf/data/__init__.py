@@ -2,7 +2,19 @@
 
 from lit_rlhf.data.arithmetic import ArithmeticDataModule
 from lit_rlhf.data.base import RLHFDataModule
+from lit_rlhf.data.preference import PreferenceDataModule, PreferenceRowsDataModule
 from lit_rlhf.data.rows import DataError, RowSet
 from lit_rlhf.data.sft import SFTDataModule, SFTRowsDataModule
+from lit_rlhf.data.tokenized import TokenizedRowsDataModule
 
-__all__ = ["ArithmeticDataModule", "DataError", "RLHFDataModule", "RowSet", "SFTDataModule", "SFTRowsDataModule"]
+__all__ = [
+    "ArithmeticDataModule",
+    "DataError",
+    "PreferenceDataModule",
+    "PreferenceRowsDataModule",
+    "RLHFDataModule",
+    "RowSet",
+    "SFTDataModule",
+    "SFTRowsDataModule",
+    "TokenizedRowsDataModule",
+]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any, Literal
 
-from lit_rlhf.data.arithmetic_task import ArithmeticProblem, exact_match, graded_score, split_problems
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_rlhf.data.arithmetic_labels import LabelSettings, load_or_label, summarize
+from lit_rlhf.data.arithmetic_task import ArithmeticProblem, exact_match, graded_score, split_problems, synthetic_pair
 from lit_rlhf.data.rows import RowSet
-from lit_rlhf.data.sft import SFTRowsDataModule
 from lit_rlhf.data.tokenization import OverlongPolicy
+from lit_rlhf.data.tokenized import RowFormat, TokenizedRowsDataModule
+
+PairSource = Literal["synthetic", "labelled"]
 
 
 def problem_row(problem: ArithmeticProblem) -> dict[str, Any]:
@@ -22,24 +28,60 @@ def problem_row(problem: ArithmeticProblem) -> dict[str, Any]:
     }
 
 
-class ArithmeticDataModule(SFTRowsDataModule):
+def synthetic_rows(problems: list[ArithmeticProblem], seed: int) -> list[dict[str, Any]]:
+    """One synthetic pair per problem (correct series over a corrupted one), ``pair_type`` ``synthetic``."""
+    rng = random.Random(seed)
+    return [{**synthetic_pair(p, rng), "answer": p.answer, "pair_type": "synthetic"} for p in problems]
+
+
+class ArithmeticDataModule(TokenizedRowsDataModule):
     """Arithmetic series: "make a series of arithmetic type which starts at 61 with 11 elements and 8 common
     difference value" -> "61 69 77 85 93".
 
     Held-out problems share no ``(start, difference, num_terms)`` with training ones, whatever the wording.
     Completions are checked by :meth:`score_completions` (``exact_match`` and ``graded_score``).
 
+    ``format: preference`` serves pairs for the reward model, from one of two sources (``pairs``):
+
+    - ``synthetic``: the correct series over a corrupted one (truncated, a wrong term, an inserted term), one
+      pair per problem. Fast and label-free, but a reward model that only saw these is easy to exploit.
+    - ``labelled`` (the pipeline's default): the SFT policy (``labeller_policy``) answers each prompt several
+      times and the verifier ranks the answers, as a human annotator would (see
+      :mod:`lit_rlhf.data.arithmetic_labels`). Labelled once, cached under ``pairs_cache_dir`` by the policy's
+      identity, reused afterwards. ``synthetic_mix`` adds synthetic pairs to the training set.
+
+    Validation pairs always include one synthetic pair per held-out problem (``pair_type`` ``synthetic``); with
+    labelled pairs also the held-out labelled ones (``exact_vs_wrong``, ``partial_vs_worse``), so
+    ``val/accuracy/<pair_type>`` shows both.
+
     Args:
-        format: the rows to serve. ``sft``: {prompt, response} for :class:`~lit_rlhf.modules.SFTModule`.
+        format: ``sft`` ({prompt, response} for the SFT module) or ``preference`` (pairs for the reward model).
+        pairs: ``synthetic`` or ``labelled`` (``format: preference`` only).
+        labeller_policy: the SFT export that answers the prompts to label (``pairs: labelled``).
+        samples_per_prompt: answers sampled per prompt for labelling.
+        label_temperature: sampling temperature for labelling.
+        reference_fraction: share of prompts whose reference answer joins the sampled candidates.
+        num_label_prompts: training prompts to label.
+        synthetic_mix: synthetic training pairs added per labelled training pair (0 = none).
+        pairs_cache_dir: folder of the labelled-pair cache.
         num_val: held-out problems (validation and evaluation).
         num_train: training problems; ``null`` = every remaining problem in all three wordings (~26k).
         max_length, max_prompt_length, overlong, batch_size, eval_batch_size, num_workers, seed: see
-            :class:`~lit_rlhf.data.sft.SFTRowsDataModule`. ``seed`` also fixes the train/held-out split.
+            :class:`~lit_rlhf.data.tokenized.TokenizedRowsDataModule`. ``seed`` also fixes the train/held-out
+            split and the labelling.
     """
 
     def __init__(
         self,
-        format: Literal["sft"] = "sft",
+        format: RowFormat = "sft",
+        pairs: PairSource = "synthetic",
+        labeller_policy: str | None = None,
+        samples_per_prompt: int = 4,
+        label_temperature: float = 1.0,
+        reference_fraction: float = 0.25,
+        num_label_prompts: int = 4096,
+        synthetic_mix: float = 0.0,
+        pairs_cache_dir: str = "runs/arithmetic/labelled_pairs",
         num_val: int = 512,
         num_train: int | None = None,
         max_length: int = 64,
@@ -60,17 +102,62 @@ class ArithmeticDataModule(SFTRowsDataModule):
             num_workers=num_workers,
             seed=seed,
         )
-        if format != "sft":
-            raise ValueError(f"format must be 'sft', got {format!r}")
+        if format not in ("sft", "preference"):
+            raise ValueError(f"format must be 'sft' or 'preference', got {format!r}")
+        if pairs not in ("synthetic", "labelled"):
+            raise ValueError(f"pairs must be 'synthetic' or 'labelled', got {pairs!r}")
+        if format == "preference" and pairs == "labelled" and not labeller_policy:
+            raise ValueError("pairs: labelled needs labeller_policy, the SFT export to sample from")
+        if synthetic_mix < 0:
+            raise ValueError(f"synthetic_mix must be >= 0, got {synthetic_mix}")
+        self.row_format = format
         self.format = format
+        self.pairs = pairs
+        self.labeller_policy = labeller_policy
+        self.label_settings = LabelSettings(
+            samples_per_prompt=samples_per_prompt,
+            temperature=label_temperature,
+            max_new_tokens=20,
+            reference_fraction=reference_fraction,
+            num_train_prompts=num_label_prompts,
+            num_val=num_val,
+            seed=seed,
+        )
+        self.synthetic_mix = synthetic_mix
+        self.pairs_cache_dir = pairs_cache_dir
         self.num_val = num_val
         self.num_train = num_train
 
+    @property
+    def labelled(self) -> bool:
+        return self.format == "preference" and self.pairs == "labelled"
+
+    def prepare_data(self) -> None:
+        """Label the pairs once (rank 0) so that every rank's :meth:`setup` reads them from the cache."""
+        if self.labelled:
+            rows, path = load_or_label(self.labeller_policy, self.label_settings, self.pairs_cache_dir)
+            rank_zero_info(f"labelled pairs: {path} ({summarize(rows)})")
+
     def load_rows(self) -> dict[str, RowSet]:
         train, val = split_problems(self.num_val, self.num_train, self.seed)
+        if self.format == "sft":
+            return {
+                "train": RowSet.numbered("arithmetic[train]", [problem_row(p) for p in train]),
+                "val": RowSet.numbered("arithmetic[held-out]", [problem_row(p) for p in val]),
+            }
+        val_rows = synthetic_rows(val, self.seed + 1)
+        if not self.labelled:
+            return {
+                "train": RowSet.numbered("arithmetic synthetic pairs[train]", synthetic_rows(train, self.seed)),
+                "val": RowSet.numbered("arithmetic synthetic pairs[held-out]", val_rows),
+            }
+        rows, path = load_or_label(self.labeller_policy, self.label_settings, self.pairs_cache_dir)
+        train_rows = [r for r in rows if r["split"] == "train"]
+        if self.synthetic_mix:
+            train_rows += synthetic_rows(train, self.seed)[: round(self.synthetic_mix * len(train_rows))]
         return {
-            "train": RowSet.numbered("arithmetic[train]", [problem_row(p) for p in train]),
-            "val": RowSet.numbered("arithmetic[held-out]", [problem_row(p) for p in val]),
+            "train": RowSet.numbered(f"{path}[train]", train_rows),
+            "val": RowSet.numbered(f"{path}[held-out]", [r for r in rows if r["split"] == "val"] + val_rows),
         }
 
     def score_completions(self, completions: list[str], rows: list[dict[str, Any]]) -> dict[str, list[float]]:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from lit_rlhf.functional.masking import IGNORE_INDEX
+from lit_rlhf.functional.reward import last_token_index
 
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,3 +69,39 @@ class SFTCollator:
                 [ex["prompt_ids"] for ex in examples], self.pad_id
             )
         return batch
+
+
+class PairCollator:
+    """Collate preference pairs into one batch of ``2 * batch`` sequences: all chosen first, then all rejected.
+
+    One forward pass scores both sides. The batch holds ``input_ids`` and ``attention_mask`` ``(2 * batch,
+    seq_len)`` (prompt then response, padded on ``padding_side``), ``last_index`` ``(2 * batch,)`` (the position
+    of each sequence's last real token, where the reward model reads its score), ``margin`` ``(batch,)`` float or
+    ``None`` when the rows have no margin, and ``rows`` (the source rows).
+
+    Args:
+        pad_id: the tokenizer's pad token id.
+        padding_side: ``right`` (default) or ``left``; the scores do not depend on it.
+    """
+
+    def __init__(self, pad_id: int, padding_side: str = "right") -> None:
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.pad_id = pad_id
+        self.padding_side = padding_side
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        sequences = [ex["prompt_ids"] + ex["chosen_ids"] for ex in examples]
+        sequences += [ex["prompt_ids"] + ex["rejected_ids"] for ex in examples]
+        pad = pad_right if self.padding_side == "right" else pad_left
+        input_ids, attention_mask = pad(sequences, self.pad_id)
+        margins = [ex.get("margin") for ex in examples]
+        if any(m is None for m in margins) and not all(m is None for m in margins):
+            raise ValueError("some pairs of the batch have a margin and others do not")
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "last_index": last_token_index(attention_mask),
+            "margin": None if margins[0] is None else torch.tensor(margins, dtype=torch.float32),
+            "rows": [ex["row"] for ex in examples],
+        }

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 from typing import Any
 
-from lit_rlhf.data.rows import DataError, RowSet
+from lit_rlhf.data.rows import DataError, RowSet, rename_columns
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -86,3 +87,45 @@ def _load_hub(name: str, split: str, config_name: str | None, **load_kwargs: Any
     except Exception as err:  # datasets raises many types; the message is what matters
         raise DataError(f"could not load dataset {name!r} (config {config_name!r}, split {split!r}): {err}") from err
     return dataset.to_list()
+
+
+def load_train_val(
+    train: str,
+    val: str | None,
+    *,
+    train_split: str = "train",
+    val_split: str | None = None,
+    config_name: str | None = None,
+    columns: dict[str, str] | None = None,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+) -> dict[str, RowSet]:
+    """Training and validation rows from files or ``datasets`` names, with columns renamed to ours.
+
+    Args:
+        train: training file or ``datasets`` name.
+        val: validation file or name; ``None`` holds out ``val_fraction`` of ``train`` (seeded).
+        train_split: split of a ``datasets`` source for training.
+        val_split: split of a ``datasets`` source for validation (default ``train_split``).
+        config_name: ``datasets`` configuration.
+        columns: ``{our_field: dataset_column}``.
+        val_fraction: held-out share of ``train`` when ``val`` is not given.
+        seed: seed of the held-out split.
+
+    Returns:
+        ``{"train": RowSet, "val": RowSet}``; rows keep their source numbers.
+    """
+    rows = rename_columns(load_rows(train, train_split, config_name), columns)
+    if val is not None:
+        return {"train": rows, "val": rename_columns(load_rows(val, val_split or train_split, config_name), columns)}
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if len(rows) < 2:
+        raise DataError(f"{rows.dataset}: needs at least 2 rows to hold out a validation split")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    num_val = max(1, round(val_fraction * len(order)))
+    return {
+        "train": rows.subset(rows.dataset, sorted(order[num_val:])),
+        "val": rows.subset(rows.dataset, sorted(order[:num_val])),
+    }

@@ -27,6 +27,7 @@ class TruncationReport:
     prompt_truncated: int = 0
     response_truncated: int = 0
     dropped: int = 0
+    identical_skipped: int = 0
     examples: list[int] = field(default_factory=list)
 
     def note(self, row_index: int) -> None:
@@ -35,9 +36,10 @@ class TruncationReport:
 
     def summary(self) -> str:
         rows = f" (first rows: {', '.join(map(str, self.examples))})" if self.examples else ""
+        identical = f", {self.identical_skipped} pairs with chosen == rejected skipped" if self.identical_skipped else ""
         return (
             f"{self.dataset}: {self.num_rows} rows, {self.prompt_truncated} prompts truncated, "
-            f"{self.response_truncated} responses truncated, {self.dropped} dropped{rows}"
+            f"{self.response_truncated} responses truncated, {self.dropped} dropped{identical}{rows}"
         )
 
 
@@ -69,6 +71,75 @@ def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[i
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def fit_to_length(
+    prompt_ids: list[int],
+    responses: list[list[int]],
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    overlong: OverlongPolicy,
+    report: TruncationReport,
+    row_index: int,
+) -> tuple[list[int], list[list[int]]] | None:
+    """Apply the over-long policy to one prompt and its response(s) (one for SFT, two for a preference pair).
+
+    Args:
+        prompt_ids: the prompt's ids.
+        responses: each response's ids (with EOS); each must fit with the prompt in ``max_length``.
+        max_length: maximum prompt + response tokens.
+        max_prompt_length: maximum prompt tokens.
+        overlong: see :data:`OverlongPolicy`.
+        report: counts are added here (its ``dataset`` names the rows in errors).
+        row_index: the row's number in its source, for the report and the error message.
+
+    Returns:
+        ``(prompt_ids, responses)`` cut to fit, or ``None`` when the row is dropped.
+
+    Raises:
+        DataError: under ``overlong="error"`` when the row does not fit.
+    """
+    longest = max(len(r) for r in responses)
+    prompt_long = len(prompt_ids) > max_prompt_length
+    total_long = min(len(prompt_ids), max_prompt_length) + longest > max_length
+    if not (prompt_long or total_long):
+        return prompt_ids, responses
+    what = (
+        f"prompt has {len(prompt_ids)} tokens > max_prompt_length {max_prompt_length}"
+        if prompt_long
+        else f"prompt + response have {len(prompt_ids) + longest} tokens > max_length {max_length}"
+    )
+    if overlong == "error":
+        raise DataError(f"{report.dataset} row {row_index}: {what} (set overlong: truncate or drop to continue)")
+    report.note(row_index)
+    if overlong == "drop":
+        report.dropped += 1
+        return None
+    if prompt_long:
+        report.prompt_truncated += 1
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    room = max_length - len(prompt_ids)
+    if longest > room:
+        report.response_truncated += 1
+        responses = [r[:room] for r in responses]
+    return prompt_ids, responses
+
+
+def check_lengths(dataset: str, max_length: int, max_prompt_length: int | None) -> int:
+    """Resolve ``max_prompt_length`` (default ``max_length // 2``) and check ``0 < max_prompt_length < max_length``."""
+    max_prompt_length = max_length // 2 if max_prompt_length is None else max_prompt_length
+    if not 0 < max_prompt_length < max_length:
+        raise DataError(f"{dataset}: need 0 < max_prompt_length ({max_prompt_length}) < max_length ({max_length})")
+    return max_prompt_length
+
+
+def finish_report(examples: list, report: TruncationReport, overlong: OverlongPolicy) -> None:
+    """Log the truncation report if anything was cut, and refuse an empty result."""
+    if report.prompt_truncated or report.response_truncated or report.dropped:
+        log.warning("over-long rows (policy %r): %s", overlong, report.summary())
+    if not examples:
+        raise DataError(f"{report.dataset}: no rows left after applying overlong={overlong!r} ({report.summary()})")
+
+
 def encode_sft_rows(
     rowset: RowSet,
     tokenizer: PreTrainedTokenizerBase,
@@ -98,41 +169,24 @@ def encode_sft_rows(
     Raises:
         DataError: under ``overlong="error"``, for the first row that does not fit; or for a bad length setting.
     """
-    dataset = rowset.dataset
-    max_prompt_length = max_length // 2 if max_prompt_length is None else max_prompt_length
-    if not 0 < max_prompt_length < max_length:
-        raise DataError(f"{dataset}: need 0 < max_prompt_length ({max_prompt_length}) < max_length ({max_length})")
+    max_prompt_length = check_lengths(rowset.dataset, max_length, max_prompt_length)
     chat = uses_chat_template(tokenizer, use_chat_template)
-    report = TruncationReport(dataset=dataset, num_rows=len(rowset))
+    report = TruncationReport(dataset=rowset.dataset, num_rows=len(rowset))
     examples = []
     for row, row_index in zip(rowset.rows, rowset.numbers):
-        prompt_ids = encode_prompt(tokenizer, row["prompt"], chat, system_prompt)
-        response_ids = encode_response(tokenizer, row["response"])
-        prompt_long = len(prompt_ids) > max_prompt_length
-        total_long = min(len(prompt_ids), max_prompt_length) + len(response_ids) > max_length
-        if prompt_long or total_long:
-            what = (
-                f"prompt has {len(prompt_ids)} tokens > max_prompt_length {max_prompt_length}"
-                if prompt_long
-                else f"prompt + response have {len(prompt_ids) + len(response_ids)} tokens > max_length {max_length}"
-            )
-            if overlong == "error":
-                raise DataError(f"{dataset} row {row_index}: {what} (set overlong: truncate or drop to continue)")
-            report.note(row_index)
-            if overlong == "drop":
-                report.dropped += 1
-                continue
-            if prompt_long:
-                report.prompt_truncated += 1
-                prompt_ids = prompt_ids[-max_prompt_length:]
-            if len(prompt_ids) + len(response_ids) > max_length:
-                report.response_truncated += 1
-                response_ids = response_ids[: max_length - len(prompt_ids)]
-        examples.append(
-            {"prompt_ids": prompt_ids, "response_ids": response_ids, "row": {**row, "row_index": row_index}}
+        fitted = fit_to_length(
+            encode_prompt(tokenizer, row["prompt"], chat, system_prompt),
+            [encode_response(tokenizer, row["response"])],
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            overlong=overlong,
+            report=report,
+            row_index=row_index,
         )
-    if report.prompt_truncated or report.response_truncated or report.dropped:
-        log.warning("over-long rows (policy %r): %s", overlong, report.summary())
-    if not examples:
-        raise DataError(f"{dataset}: no rows left after applying overlong={overlong!r} ({report.summary()})")
+        if fitted is not None:
+            prompt_ids, (response_ids,) = fitted
+            examples.append(
+                {"prompt_ids": prompt_ids, "response_ids": response_ids, "row": {**row, "row_index": row_index}}
+            )
+    finish_report(examples, report, overlong)
     return examples, report

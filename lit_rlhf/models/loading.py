@@ -13,7 +13,7 @@ from lit_rlhf.models.tiny import TINY_ARITHMETIC, build_tiny_llama, build_word_t
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(ValueError):
@@ -25,18 +25,22 @@ def is_builtin(name_or_path: str) -> bool:
     return name_or_path == TINY_ARITHMETIC
 
 
-def load_tokenizer(name_or_path: str, padding_side: str = "right", **kwargs: Any) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str, padding_side: str = "right", pad_with_eos: bool = True, **kwargs: Any
+) -> PreTrainedTokenizerBase:
     """Load a tokenizer and make sure it can pad.
 
-    A tokenizer without a pad token gets its EOS token as pad token, and a warning says so.
+    A tokenizer without a pad token gets its EOS token as pad token, and a warning says so (unless
+    ``pad_with_eos=False``: then it is returned without one, for the caller to decide).
 
     Args:
         name_or_path: ``"tiny-arithmetic"``, a hub name, or a folder with tokenizer files.
         padding_side: ``"right"`` or ``"left"``; collators in this package pad explicitly and do not depend on it.
+        pad_with_eos: use EOS as pad token when there is none.
         **kwargs: passed to ``AutoTokenizer.from_pretrained`` (e.g. ``trust_remote_code``).
 
     Returns:
-        The tokenizer, with ``pad_token_id`` set.
+        The tokenizer, with ``pad_token_id`` set (if ``pad_with_eos``).
 
     Raises:
         ModelLoadError: the folder has no tokenizer files, or the tokenizer has neither pad nor EOS token.
@@ -53,7 +57,7 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right", **kwargs: Any
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
-    if tokenizer.pad_token_id is None:
+    if tokenizer.pad_token_id is None and pad_with_eos:
         if tokenizer.eos_token is None:
             raise ModelLoadError(f"tokenizer {name_or_path!r} has neither a pad token nor an EOS token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
@@ -91,8 +95,8 @@ def load_causal_lm(
     Raises:
         ModelLoadError: the path does not hold a causal LM, or its vocabulary is smaller than the tokenizer's.
     """
-    if dtype is not None and dtype not in _DTYPES:
-        raise ModelLoadError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if is_builtin(name_or_path):
         model = build_tiny_llama(tokenizer, config_overrides)
     else:
@@ -104,7 +108,7 @@ def load_causal_lm(
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load a causal LM from {name_or_path!r}: {err}") from err
     if dtype is not None:
-        model = model.to(_DTYPES[dtype])
+        model = model.to(DTYPES[dtype])
     embeddings = model.get_input_embeddings().num_embeddings
     if embeddings < len(tokenizer):
         raise ModelLoadError(

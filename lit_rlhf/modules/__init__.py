@@ -1,6 +1,7 @@
 """LightningModules: one per training stage."""
 
 from lit_rlhf.modules.base import CheckpointMismatchError, RLHFModule
+from lit_rlhf.modules.reward import RewardModule
 from lit_rlhf.modules.sft import SFTModule
 
-__all__ = ["CheckpointMismatchError", "RLHFModule", "SFTModule"]
+__all__ = ["CheckpointMismatchError", "RLHFModule", "RewardModule", "SFTModule"]

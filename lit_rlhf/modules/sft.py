@@ -137,18 +137,3 @@ class SFTModule(RLHFModule):
             table = markdown_table(("prompt", "generated", "reference", "score"), self._samples)
             log_text(self.loggers, "samples/val", table, self.global_step)
         self._samples = []
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        optimizer, scheduler = self.build_optimizer(
-            list(self.model.named_parameters()),
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            betas=tuple(hp.betas),
-            warmup_steps=hp.warmup_steps,
-            lr_schedule=hp.lr_schedule,
-            min_lr_ratio=hp.min_lr_ratio,
-            total_steps=total,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

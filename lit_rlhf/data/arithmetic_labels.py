@@ -1,0 +1,238 @@
+"""Labelled preference pairs for the arithmetic task: the SFT policy answers, the verifier plays the annotator.
+
+As in real RLHF, the pairs the reward model learns from are the policy's own responses ranked by a judge. Here the
+judge is the task's verifier: for each prompt, draw ``samples_per_prompt`` responses from the SFT model, add the
+reference answer for a share of prompts, rank the distinct responses by :func:`graded_score` (an exact answer
+scores 1), and pair every two responses with different scores (ties are dropped).
+
+Labelling is cached in a jsonl file whose name is a digest of the policy's weights and of every labelling
+setting, so a second run (or the resumed run) reuses it and a retrained SFT model gets new labels.
+
+    python -m lit_rlhf.data.arithmetic_labels runs/arithmetic/sft/hf     # label now, print the cache path
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from lit_rlhf.data.arithmetic_task import ArithmeticProblem, exact_match, graded_score, split_problems
+from lit_rlhf.data.collate import pad_left
+from lit_rlhf.generation import decode_responses, generate
+
+log = logging.getLogger(__name__)
+
+LABEL_FORMAT_VERSION = 1
+"""Bump when the labelling procedure changes, so old caches are not reused."""
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """Everything that decides the labelled pairs (and so the cache file name).
+
+    Attributes:
+        samples_per_prompt: responses drawn from the policy per prompt.
+        temperature: sampling temperature (1.0: the policy's own distribution).
+        max_new_tokens: generation length.
+        reference_fraction: share of prompts whose reference answer joins the candidates.
+        num_train_prompts: training problems labelled (the first ones of the seeded training order).
+        num_val: held-out problems (all are labelled for validation), as in the DataModule.
+        seed: the DataModule seed: fixes the split, the sampling and the reference draw.
+    """
+
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 20
+    reference_fraction: float = 0.25
+    num_train_prompts: int = 4096
+    num_val: int = 512
+    seed: int = 1234
+
+
+def policy_digest(policy_dir: str) -> str:
+    """SHA-256 over the policy folder's weights, config and tokenizer files (its identity for the cache)."""
+    patterns = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json")
+    files = sorted({path for pattern in patterns for path in glob.glob(os.path.join(policy_dir, pattern))})
+    if not any(path.endswith((".safetensors", ".bin")) for path in files):
+        raise FileNotFoundError(f"{policy_dir} holds no model weights (*.safetensors or *.bin); train the SFT first")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_path(cache_dir: str, policy_dir: str, settings: LabelSettings) -> str:
+    """Where the labelled pairs of ``policy_dir`` under ``settings`` are cached."""
+    key = json.dumps(
+        {"version": LABEL_FORMAT_VERSION, "policy": policy_digest(policy_dir), **asdict(settings)}, sort_keys=True
+    )
+    return os.path.join(cache_dir, f"arithmetic-labelled-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl")
+
+
+def rank_pairs(problem: ArithmeticProblem, candidates: Sequence[str], split: str) -> list[dict[str, Any]]:
+    """Preference rows from the distinct candidates of one problem, ranked by the verifier (ties dropped).
+
+    Args:
+        problem: the problem the candidates answer.
+        candidates: responses (sampled and possibly the reference); duplicates after whitespace normalisation
+            count once.
+        split: ``train`` or ``val``, stored in each row.
+
+    Returns:
+        One row per pair of candidates with different :func:`graded_score`: ``prompt``, ``chosen`` (higher score),
+        ``rejected``, their scores, ``pair_type`` (``exact_vs_wrong`` when chosen is exactly right, else
+        ``partial_vs_worse``) and the problem's fields.
+    """
+    distinct = list(dict.fromkeys(" ".join(c.split()) for c in candidates))
+    scored = sorted(((graded_score(c, problem.answer), c) for c in distinct), key=lambda sc: -sc[0])
+    rows = []
+    for i, (high, chosen) in enumerate(scored):
+        for low, rejected in scored[i + 1 :]:
+            if high == low:
+                continue
+            rows.append(
+                {
+                    "prompt": problem.prompt,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "chosen_score": high,
+                    "rejected_score": low,
+                    "pair_type": "exact_vs_wrong" if exact_match(chosen, problem.answer) else "partial_vs_worse",
+                    "answer": problem.answer,
+                    "split": split,
+                }
+            )
+    return rows
+
+
+@torch.no_grad()
+def sample_responses(
+    policy_dir: str,
+    prompts: Sequence[str],
+    *,
+    samples_per_prompt: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 512,
+    device: str | None = None,
+) -> list[list[str]]:
+    """Draw ``samples_per_prompt`` responses per prompt from the policy (KV cache, eval mode, seeded).
+
+    Returns:
+        For each prompt, its list of response texts.
+    """
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(policy_dir)
+    model = load_causal_lm(policy_dir, tokenizer).to(device).eval()
+    repeated = [p for p in prompts for _ in range(samples_per_prompt)]
+    texts: list[str] = []
+    with torch.random.fork_rng(devices=[device] if device.startswith("cuda") else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(repeated), batch_size):
+            chunk = repeated[start : start + batch_size]
+            ids, mask = pad_left([tokenizer(p)["input_ids"] for p in chunk], tokenizer.pad_token_id)
+            generation = generate(
+                model,
+                ids.to(device),
+                mask.to(device),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                do_sample=True,
+                temperature=temperature,
+            )
+            texts.extend(decode_responses(tokenizer, generation))
+    return [texts[i : i + samples_per_prompt] for i in range(0, len(texts), samples_per_prompt)]
+
+
+def label_pairs(policy_dir: str, settings: LabelSettings) -> list[dict[str, Any]]:
+    """Sample, judge and pair responses for the labelled training and held-out problems (no cache)."""
+    train_problems, val_problems = split_problems(settings.num_val, None, settings.seed)
+    splits = {"train": train_problems[: settings.num_train_prompts], "val": val_problems}
+    rng = random.Random(settings.seed)
+    rows: list[dict[str, Any]] = []
+    for split, problems in splits.items():
+        responses = sample_responses(
+            policy_dir,
+            [p.prompt for p in problems],
+            samples_per_prompt=settings.samples_per_prompt,
+            temperature=settings.temperature,
+            max_new_tokens=settings.max_new_tokens,
+            seed=settings.seed + (split == "val"),
+        )
+        for problem, candidates in zip(problems, responses):
+            if rng.random() < settings.reference_fraction:
+                candidates = [*candidates, problem.answer]
+            rows.extend(rank_pairs(problem, candidates, split))
+    return rows
+
+
+def load_or_label(policy_dir: str, settings: LabelSettings, cache_dir: str) -> tuple[list[dict[str, Any]], str]:
+    """Labelled pairs of ``policy_dir`` from the cache, labelling them first if the cache has none.
+
+    Returns:
+        ``(rows, path of the cache file)``.
+    """
+    path = cache_path(cache_dir, policy_dir, settings)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        log.info("reusing %d labelled pairs from %s", len(rows), path)
+        return rows, path
+    start = time.perf_counter()
+    rows = label_pairs(policy_dir, settings)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache
+    with open(path.replace(".jsonl", ".meta.json"), "w") as f:
+        json.dump({"policy_dir": policy_dir, "policy_sha256": policy_digest(policy_dir), **asdict(settings)}, f)
+    log.warning("labelled %d pairs in %.0fs into %s", len(rows), time.perf_counter() - start, path)
+    return rows, path
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> str:
+    """Counts of pairs per split and pair type."""
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        key = (row["split"], row["pair_type"])
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{split}/{kind}: {n}" for (split, kind), n in sorted(counts.items()))
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("policy", help="SFT export folder, e.g. runs/arithmetic/sft/hf")
+    parser.add_argument("--cache-dir", default="runs/arithmetic/labelled_pairs")
+    defaults = LabelSettings()
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args(argv)
+    settings = LabelSettings(**{name: getattr(args, name) for name in asdict(defaults)})
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows, path = load_or_label(args.policy, settings, args.cache_dir)
+    print(f"{path}: {len(rows)} pairs ({summarize(rows)})")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Reward and value models: ``AutoModelForSequenceClassification`` with one label, scored by attention mask.
+
+Hugging Face's sequence-classification models pool at the last token that is not the pad id. lit_rlhf scores at
+the last token of the *attention mask* instead, which is the same whenever the pad token differs from EOS (the
+usual reward-model setup, and what :func:`load_reward_model` checks), and stays right when it does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_rlhf.functional.reward import last_token_index
+from lit_rlhf.models.loading import DTYPES, ModelLoadError, is_builtin
+from lit_rlhf.models.tiny import build_tiny_llama
+
+log = logging.getLogger(__name__)
+
+NORMALIZATION_KEY = "reward_normalization"
+"""``config`` attribute where the reward model export records ``{"mean", "std", "num_responses"}`` of its scores."""
+
+
+def load_reward_model(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    config_overrides: dict[str, Any] | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a reward (or value) model with a single output, initialising the head if the checkpoint has none.
+
+    A causal-LM export (e.g. the SFT stage's ``hf/``) loads with its backbone and a new zero-mean scalar head; a
+    reward-model export or a hub reward model loads as is.
+
+    Args:
+        name_or_path: ``"tiny-arithmetic"`` (a fresh tiny Llama), a hub name or a ``save_pretrained`` folder.
+        tokenizer: the tokenizer the model is used with; its pad id is written into ``model.config``, and its
+            vocabulary may have grown by a pad token (the embeddings are then resized).
+        config_overrides: ``LlamaConfig`` fields for the built-in model, else config attributes for
+            ``from_pretrained``.
+        dtype: ``float32``, ``bfloat16`` or ``float16`` weights; ``None`` keeps float32.
+        trust_remote_code: passed to ``from_pretrained``.
+
+    Returns:
+        The model (``config.num_labels == 1``, ``config.pad_token_id`` set) in train mode.
+
+    Raises:
+        ModelLoadError: the path holds no loadable model, or a classifier with more than one label.
+    """
+    if dtype is not None and dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if is_builtin(name_or_path):
+        config = build_tiny_llama(tokenizer, config_overrides).config
+        config.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(config)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"could not load a model config from {name_or_path!r}: {err}") from err
+        is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        if is_classifier and config.num_labels != 1:
+            raise ModelLoadError(
+                f"{name_or_path!r} is a classifier with {config.num_labels} labels; a reward model has exactly one"
+            )
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, num_labels=1, trust_remote_code=trust_remote_code, **(config_overrides or {})
+            )
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"could not load {name_or_path!r} as a sequence-classification model: {err}") from err
+        if not is_classifier:
+            # A fresh head: zero bias and small weights, so every initial score is near 0.
+            head = score_head(model)
+            torch.nn.init.normal_(head.weight, std=1.0 / (model.config.hidden_size + 1) ** 0.5)
+            if head.bias is not None:
+                torch.nn.init.zeros_(head.bias)
+    if dtype is not None:
+        model = model.to(DTYPES[dtype])
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.train()
+    return model
+
+
+def score_head(model: PreTrainedModel) -> torch.nn.Linear:
+    """The final linear layer that maps a hidden state to the score (``score`` in decoder-only HF models)."""
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ModelLoadError(
+            f"{type(model).__name__} has no linear `score` head; lit_rlhf scores decoder-only "
+            "*ForSequenceClassification models (Llama, Qwen, Mistral, GPT-2, GPT-NeoX, ...)"
+        )
+    return head
+
+
+def backbone_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states ``(batch, seq_len, hidden)`` of the model's transformer body (no head, no cache)."""
+    body = getattr(model, model.base_model_prefix)
+    return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def sequence_scores(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    last_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scalar score of each sequence, read at its last real token.
+
+    Args:
+        model: a sequence-classification model with one label.
+        input_ids: ``(batch, seq_len)`` ids, padded on either side.
+        attention_mask: ``(batch, seq_len)`` 0/1 mask.
+        last_index: ``(batch,)`` positions to read; default: the last 1 of ``attention_mask``.
+
+    Returns:
+        ``(batch,)`` float scores.
+    """
+    if last_index is None:
+        last_index = last_token_index(attention_mask)
+    hidden = backbone_hidden_states(model, input_ids, attention_mask)
+    rows = torch.arange(hidden.size(0), device=hidden.device)
+    return score_head(model)(hidden[rows, last_index.to(hidden.device)]).squeeze(-1).float()
+
+
+def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Score at every position ``(batch, seq_len)``: a value model's per-token values."""
+    hidden = backbone_hidden_states(model, input_ids, attention_mask)
+    return score_head(model)(hidden).squeeze(-1).float()
+
+
+def reward_normalization(model: PreTrainedModel) -> dict[str, float] | None:
+    """The ``{"mean", "std", "num_responses"}`` a lit_rlhf reward-model export recorded, or ``None``."""
+    return getattr(model.config, NORMALIZATION_KEY, None)
+
+
+def ensure_distinct_pad(tokenizer: PreTrainedTokenizerBase, pad_token: str | None, name: str) -> None:
+    """Make sure the reward model's pad token exists and differs from EOS, or fail with the fix.
+
+    Responses end with EOS and the score is read there. Hugging Face's own pooling (``from_pretrained`` then
+    ``model(...).logits``) skips every trailing pad id, so with pad == EOS it would read the token before EOS and
+    an exported reward model would score differently outside lit_rlhf.
+
+    Args:
+        tokenizer: the reward model's tokenizer; changed in place when ``pad_token`` is added.
+        pad_token: a new pad token to add when needed (the embeddings are then resized by
+            :func:`load_reward_model`); ``None`` = fail instead.
+        name: the model's name for the message.
+
+    Raises:
+        ModelLoadError: no pad token (or pad == EOS) and ``pad_token`` not given.
+    """
+    pad_id = tokenizer.pad_token_id
+    if pad_id is not None and pad_id != tokenizer.eos_token_id:
+        return
+    if pad_token is None:
+        problem = "has no pad token" if pad_id is None else f"pads with its EOS token {tokenizer.eos_token!r}"
+        raise ModelLoadError(
+            f"the tokenizer of {name!r} {problem}; a reward model needs a pad token distinct from EOS so that "
+            "scores are read at the EOS that ends each response (also by Hugging Face's own pooling). "
+            "Set --model.init_args.pad_token '<|pad|>' to add one (the embeddings are resized)"
+        )
+    tokenizer.add_special_tokens({"pad_token": pad_token})
+    log.warning("added pad token %r (id %d) to the tokenizer of %s", pad_token, tokenizer.pad_token_id, name)

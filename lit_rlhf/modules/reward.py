@@ -1,0 +1,197 @@
+"""Bradley-Terry reward-model training on preference pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics import CatMetric, MeanMetric
+
+from lit_rlhf.functional.reward import bradley_terry_loss
+from lit_rlhf.functional.schedules import ScheduleName
+from lit_rlhf.models.loading import load_tokenizer
+from lit_rlhf.models.scoring import NORMALIZATION_KEY, ensure_distinct_pad, load_reward_model, score_head, sequence_scores
+from lit_rlhf.modules.base import RLHFModule
+from lit_rlhf.tables import log_text, markdown_table
+
+
+class RewardModule(RLHFModule):
+    """A reward model trained with ``-log sigmoid(r_chosen - r_rejected - margin)`` (+ optional centring).
+
+    The model is an ``AutoModelForSequenceClassification`` with one label (the format TRL and OpenRLHF reward
+    models use), initialised from the SFT export, scored at the EOS that ends each response.
+
+    Logs ``train/{loss,accuracy,margin,chosen_reward_mean,chosen_reward_std,rejected_reward_mean,
+    rejected_reward_std,lr}`` and the same under ``val/`` over the whole validation set, ``val/accuracy/<type>``
+    per ``pair_type`` when rows have one (the arithmetic pairs do), and a text table of pairs with both scores.
+    At the end of fit, records the mean and std of its scores on the validation responses in the export's
+    ``config.reward_normalization``, for PPO to normalise scores.
+
+    Args:
+        model_name_or_path: the SFT export (e.g. ``runs/arithmetic/sft/hf``), a reward-model dir or hub name, or
+            ``tiny-arithmetic`` (a fresh tiny model, for tests).
+        tokenizer_name_or_path: where the tokenizer lives if not beside the model.
+        pad_token: added as pad token when the tokenizer has none or pads with EOS (else that is an error).
+        model_config: config overrides (``LlamaConfig`` fields for the built-in model).
+        dtype: weight dtype; keep ``null`` and use ``trainer.precision: bf16-mixed`` for mixed precision.
+        trust_remote_code: passed to ``from_pretrained``.
+        gradient_checkpointing: trade compute for memory on large models.
+        freeze_backbone: train only the score head (a linear probe on the SFT features).
+        center_coef: weight of ``mean((r_chosen + r_rejected)^2)``, keeping scores centred (TRL uses 0.01).
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not on biases and norms).
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps.
+        lr_schedule: ``cosine``, ``linear`` or ``constant`` after warmup, over ``trainer.max_steps``.
+        min_lr_ratio: floor of the decay as a fraction of ``learning_rate``.
+        num_logged_pairs: rows of the sample table written each validation.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "tiny-arithmetic",
+        tokenizer_name_or_path: str | None = None,
+        pad_token: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+        freeze_backbone: bool = False,
+        center_coef: float = 0.0,
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: ScheduleName = "cosine",
+        min_lr_ratio: float = 0.0,
+        num_logged_pairs: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        source = tokenizer_name_or_path or model_name_or_path
+        self.tokenizer = load_tokenizer(source, pad_with_eos=False, trust_remote_code=trust_remote_code)
+        ensure_distinct_pad(self.tokenizer, pad_token, source)
+        self.model = load_reward_model(
+            model_name_or_path,
+            self.tokenizer,
+            config_overrides=model_config,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        if freeze_backbone:
+            head = {id(p) for p in score_head(self.model).parameters()}
+            for param in self.model.parameters():
+                param.requires_grad_(id(param) in head)
+        self.val_chosen = CatMetric()
+        self.val_rejected = CatMetric()
+        self.val_margin = CatMetric()
+        self.val_by_type = torch.nn.ModuleDict()
+        self._samples: list[tuple[str, str, str, str, str]] = []
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scores ``(batch,)`` read at each sequence's last real token."""
+        return sequence_scores(self.model, input_ids, attention_mask, last_index)
+
+    def _pair_scores(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self(batch["input_ids"], batch["attention_mask"], batch["last_index"])
+        num_pairs = len(batch["rows"])
+        return scores[:num_pairs], scores[num_pairs:]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        chosen, rejected = self._pair_scores(batch)
+        loss, stats = bradley_terry_loss(chosen, rejected, batch["margin"], self.hparams.center_coef)
+        size = chosen.size(0)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/accuracy", stats.accuracy, prog_bar=True, batch_size=size)
+        for name in ("margin", "chosen_mean", "chosen_std", "rejected_mean", "rejected_std"):
+            self.log(f"train/{_metric_name(name)}", getattr(stats, name), batch_size=size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        chosen, rejected = self._pair_scores(batch)
+        margin = batch["margin"] if batch["margin"] is not None else torch.zeros_like(chosen)
+        self.val_chosen.update(chosen)
+        self.val_rejected.update(rejected)
+        self.val_margin.update(margin)
+        correct = (chosen > rejected).float()
+        rows = batch["rows"]
+        for pair_type in sorted({row["pair_type"] for row in rows if "pair_type" in row}):
+            mask = torch.tensor([row.get("pair_type") == pair_type for row in rows], device=self.device)
+            self._type_metric(pair_type).update(correct[mask])
+        room = self.hparams.num_logged_pairs - len(self._samples)
+        for i in range(min(room, len(rows))):
+            row = rows[i]
+            scores = f"{chosen[i].item():+.3f} / {rejected[i].item():+.3f}"
+            self._samples.append((row["prompt"], row["chosen"], row["rejected"], scores, str(row.get("pair_type", ""))))
+
+    def _type_metric(self, pair_type: str) -> MeanMetric:
+        if pair_type not in self.val_by_type:
+            self.val_by_type[pair_type] = MeanMetric().to(self.device)
+        return self.val_by_type[pair_type]
+
+    def on_validation_epoch_end(self) -> None:
+        chosen, rejected, margin = (m.compute() for m in (self.val_chosen, self.val_rejected, self.val_margin))
+        margin = margin if bool(margin.any()) else None
+        loss, stats = bradley_terry_loss(chosen, rejected, margin, self.hparams.center_coef)
+        self.log("val/loss", loss)
+        self.log("val/accuracy", stats.accuracy, prog_bar=True)
+        for name in ("margin", "chosen_mean", "chosen_std", "rejected_mean", "rejected_std"):
+            self.log(f"val/{_metric_name(name)}", getattr(stats, name))
+        for metric in (self.val_chosen, self.val_rejected, self.val_margin):
+            metric.reset()
+        for pair_type, metric in self.val_by_type.items():
+            if metric.update_count:
+                self.log(f"val/accuracy/{pair_type}", metric.compute())
+            metric.reset()
+        if self._samples and not self.trainer.sanity_checking:
+            header = ("prompt", "chosen", "rejected", "r_chosen / r_rejected", "pair type")
+            log_text(self.loggers, "samples/val_pairs", markdown_table(header, self._samples), self.global_step)
+        self._samples = []
+
+    def on_train_end(self) -> None:
+        """Record the score statistics PPO normalises with (before the HF export callback writes the model)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or getattr(datamodule, "val_dataset", None) is None:
+            return
+        stats = self.response_score_stats(datamodule.val_dataloader())
+        setattr(self.model.config, NORMALIZATION_KEY, stats)
+        self.print(
+            f"Reward normalisation on {stats['num_responses']} validation responses: "
+            f"mean {stats['mean']:.4f}, std {stats['std']:.4f}"
+        )
+
+    @torch.no_grad()
+    def response_score_stats(self, loader: Any) -> dict[str, float]:
+        """Mean and std of the scores of the distinct (prompt, response) sequences in a pair loader.
+
+        Args:
+            loader: batches from :class:`~lit_rlhf.data.collate.PairCollator`.
+
+        Returns:
+            ``{"mean", "std", "num_responses"}`` over the distinct sequences (both sides of every pair).
+        """
+        was_training = self.model.training
+        self.model.eval()
+        seen: set[tuple[int, ...]] = set()
+        scores = []
+        for batch in loader:
+            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            batch_scores = self(ids, mask, batch["last_index"].to(self.device))
+            for i in range(ids.size(0)):
+                key = tuple(ids[i][mask[i].bool()].tolist())
+                if key not in seen:
+                    seen.add(key)
+                    scores.append(batch_scores[i])
+        self.model.train(was_training)
+        values = torch.stack(scores).double()
+        return {"mean": values.mean().item(), "std": values.std(unbiased=False).item(), "num_responses": len(scores)}
+
+
+def _metric_name(stat: str) -> str:
+    """``chosen_mean`` -> ``chosen_reward_mean``; ``margin`` stays."""
+    return stat.replace("_mean", "_reward_mean").replace("_std", "_reward_std")
