@@ -1,4 +1,5 @@
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from lit_rlhf.cli import cli_main
+from tests.conftest import TINY_MODEL_CONFIG
 from tests.helpers import SFT_METRICS, fixture_texts, read_events, save_tiny_gpt2, tiny_cli_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,3 +130,43 @@ def test_validate_subcommand_scores_a_checkpoint(tmp_path):
     metrics = cli.trainer.callback_metrics
     assert {"val/loss", "val/exact_match", "val/graded_score"} <= set(metrics)
     assert cli.datamodule.train_dataset is None  # validate tokenizes only the held-out split
+
+
+REWARD_CONFIG = os.path.join(ROOT, "configs", "arithmetic", "reward.yaml")
+
+
+def test_reward_stage_reads_the_sft_export_labels_pairs_and_resumes(tmp_path):
+    runs = tmp_path / "runs" / "arithmetic"
+    cli_main(tiny_cli_args(SFT_CONFIG, str(runs / "sft"), max_steps=3))
+    sft_hf = str(runs / "sft" / "hf")
+    run_dir = str(runs / "reward")
+    args = tiny_cli_args(REWARD_CONFIG, run_dir, max_steps=6)
+    args = [a for a in args if a != json.dumps(TINY_MODEL_CONFIG)]
+    args.remove("--model.init_args.model_config")  # the architecture comes from the SFT export
+    args += [
+        "--model.init_args.model_name_or_path",
+        sft_hf,
+        "--data.init_args.labeller_policy",
+        sft_hf,
+        "--data.init_args.num_label_prompts",
+        "64",
+        "--data.init_args.pairs_cache_dir",
+        str(tmp_path / "pairs"),
+    ]
+    cli = cli_main(args)
+    assert cli.trainer.global_step == 6
+    scalars, texts = read_events(run_dir)
+    for tag in ("train/loss", "train/accuracy", "train/margin", "val/accuracy", "val/margin", "val/accuracy/synthetic"):
+        assert tag in scalars, tag
+    assert any("| prompt | chosen | rejected | r_chosen / r_rejected |" in t for t in texts["samples/val_pairs/text_summary"])
+    from transformers import AutoModelForSequenceClassification
+
+    exported = AutoModelForSequenceClassification.from_pretrained(os.path.join(run_dir, "hf"))
+    assert exported.config.num_labels == 1 and exported.config.reward_normalization["num_responses"] > 0
+    assert len(glob.glob(str(tmp_path / "pairs" / "arithmetic-labelled-*.jsonl"))) == 1
+
+    args[args.index("--trainer.max_steps") + 1] = "8"  # the same command, continued to step 8
+    resumed = cli_main(args + ["--ckpt_path", os.path.join(run_dir, "checkpoints", "last.ckpt")])
+    assert resumed.trainer.global_step == 8
+    steps = [s for s, _ in read_events(run_dir)[0]["train/loss"]]
+    assert sorted(steps) == list(range(8))

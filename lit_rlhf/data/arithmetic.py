@@ -8,7 +8,15 @@ from typing import Any, Literal
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_rlhf.data.arithmetic_labels import LabelSettings, load_or_label, summarize
-from lit_rlhf.data.arithmetic_task import ArithmeticProblem, exact_match, graded_score, split_problems, synthetic_pair
+from lit_rlhf.data.arithmetic_task import (
+    CORRUPTIONS,
+    NEAR_MISSES,
+    ArithmeticProblem,
+    exact_match,
+    graded_score,
+    split_problems,
+    synthetic_pair,
+)
 from lit_rlhf.data.rows import RowSet
 from lit_rlhf.data.tokenization import OverlongPolicy
 from lit_rlhf.data.tokenized import RowFormat, TokenizedRowsDataModule
@@ -28,10 +36,15 @@ def problem_row(problem: ArithmeticProblem) -> dict[str, Any]:
     }
 
 
-def synthetic_rows(problems: list[ArithmeticProblem], seed: int) -> list[dict[str, Any]]:
-    """One synthetic pair per problem (correct series over a corrupted one), ``pair_type`` ``synthetic``."""
+def synthetic_rows(
+    problems: list[ArithmeticProblem], seed: int, kinds: tuple[str, ...] = CORRUPTIONS, pair_type: str = "synthetic"
+) -> list[dict[str, Any]]:
+    """One synthetic pair per problem: the correct series over a wrong one of a kind drawn from ``kinds``."""
     rng = random.Random(seed)
-    return [{**synthetic_pair(p, rng), "answer": p.answer, "pair_type": "synthetic"} for p in problems]
+    return [
+        {**synthetic_pair(p, rng, kinds), "answer": p.answer, "pair_type": pair_type, "chosen_correct": True}
+        for p in problems
+    ]
 
 
 class ArithmeticDataModule(TokenizedRowsDataModule):
@@ -61,8 +74,14 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
         samples_per_prompt: answers sampled per prompt for labelling.
         label_temperature: sampling temperature for labelling.
         reference_fraction: share of prompts whose reference answer joins the sampled candidates.
+        pair_selection: ``correct_vs_wrong`` (each exactly right answer over each wrong one) or ``all_ranked``
+            (also wrong over worse wrong, by partial credit; measured to hurt, see
+            :mod:`~lit_rlhf.data.arithmetic_labels`).
         num_label_prompts: training prompts to label.
         synthetic_mix: synthetic training pairs added per labelled training pair (0 = none).
+        synthetic_kinds: wrong answers of the synthetic training pairs, from ``CORRUPTIONS`` (``truncated``,
+            ``wrong_term``, ``inserted_term``; the default) and ``NEAR_MISSES`` (``nudged_term``, ``shifted_tail``,
+            ``wrong_difference``, ``one_more``, ``one_less``: hard negatives like a policy's own mistakes).
         pairs_cache_dir: folder of the labelled-pair cache.
         num_val: held-out problems (validation and evaluation).
         num_train: training problems; ``null`` = every remaining problem in all three wordings (~26k).
@@ -70,6 +89,8 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
             :class:`~lit_rlhf.data.tokenized.TokenizedRowsDataModule`. ``seed`` also fixes the train/held-out
             split and the labelling.
     """
+
+    allow_empty_responses = True  # a sampled answer can be EOS alone; the reward model must see those too
 
     def __init__(
         self,
@@ -79,8 +100,10 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
         samples_per_prompt: int = 4,
         label_temperature: float = 1.0,
         reference_fraction: float = 0.25,
+        pair_selection: str = "correct_vs_wrong",
         num_label_prompts: int = 4096,
         synthetic_mix: float = 0.0,
+        synthetic_kinds: list[str] | None = None,
         pairs_cache_dir: str = "runs/arithmetic/labelled_pairs",
         num_val: int = 512,
         num_train: int | None = None,
@@ -110,6 +133,11 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
             raise ValueError("pairs: labelled needs labeller_policy, the SFT export to sample from")
         if synthetic_mix < 0:
             raise ValueError(f"synthetic_mix must be >= 0, got {synthetic_mix}")
+        kinds = tuple(synthetic_kinds or CORRUPTIONS)
+        unknown = sorted(set(kinds) - set(CORRUPTIONS) - set(NEAR_MISSES))
+        if unknown:
+            raise ValueError(f"unknown synthetic_kinds {unknown}; choose from {CORRUPTIONS + NEAR_MISSES}")
+        self.synthetic_kinds = kinds
         self.row_format = format
         self.format = format
         self.pairs = pairs
@@ -122,6 +150,7 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
             num_train_prompts=num_label_prompts,
             num_val=num_val,
             seed=seed,
+            pair_selection=pair_selection,
         )
         self.synthetic_mix = synthetic_mix
         self.pairs_cache_dir = pairs_cache_dir
@@ -145,16 +174,18 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
                 "train": RowSet.numbered("arithmetic[train]", [problem_row(p) for p in train]),
                 "val": RowSet.numbered("arithmetic[held-out]", [problem_row(p) for p in val]),
             }
-        val_rows = synthetic_rows(val, self.seed + 1)
+        val_rows = synthetic_rows(val, self.seed + 1) + synthetic_rows(val, self.seed + 2, NEAR_MISSES, "near_miss")
         if not self.labelled:
+            train_rows = synthetic_rows(train, self.seed, self.synthetic_kinds)
             return {
-                "train": RowSet.numbered("arithmetic synthetic pairs[train]", synthetic_rows(train, self.seed)),
+                "train": RowSet.numbered("arithmetic synthetic pairs[train]", train_rows),
                 "val": RowSet.numbered("arithmetic synthetic pairs[held-out]", val_rows),
             }
         rows, path = load_or_label(self.labeller_policy, self.label_settings, self.pairs_cache_dir)
         train_rows = [r for r in rows if r["split"] == "train"]
         if self.synthetic_mix:
-            train_rows += synthetic_rows(train, self.seed)[: round(self.synthetic_mix * len(train_rows))]
+            synthetic = synthetic_rows(train, self.seed, self.synthetic_kinds)
+            train_rows += synthetic[: round(self.synthetic_mix * len(train_rows))]
         return {
             "train": RowSet.numbered(f"{path}[train]", train_rows),
             "val": RowSet.numbered(f"{path}[held-out]", [r for r in rows if r["split"] == "val"] + val_rows),

@@ -170,10 +170,62 @@ def corrupt_terms(terms: list[int], kind: str, rng: random.Random) -> list[int]:
     return terms[:position] + [value] + terms[position + 1 :]
 
 
-def synthetic_pair(problem: ArithmeticProblem, rng: random.Random) -> dict[str, str]:
-    """A preference row: the correct series chosen over a corrupted one (corruption kind picked at random)."""
-    kind = rng.choice(CORRUPTIONS)
-    rejected = corrupt_terms(problem.terms, kind, rng)
+NEAR_MISSES = ("nudged_term", "shifted_tail", "wrong_difference", "one_more", "one_less")
+"""Hard negatives that look like a trained policy's own mistakes rather than random noise: one term off by 1 or 2
+(``nudged_term``), every term from some position on shifted by 1 or 2 (``shifted_tail``), the series of a
+difference off by one (``wrong_difference``), one term too many, ignoring the cap (``one_more``), or one too few
+(``one_less``)."""
+
+
+def near_miss_terms(problem: ArithmeticProblem, kind: str, rng: random.Random) -> list[int]:
+    """A near-miss wrong answer to ``problem`` (never equal to the correct terms).
+
+    Args:
+        problem: the problem.
+        kind: one of :data:`NEAR_MISSES`.
+        rng: source of randomness.
+
+    Returns:
+        The wrong list of terms.
+    """
+    if kind not in NEAR_MISSES:
+        raise ValueError(f"unknown near miss {kind!r}; expected one of {NEAR_MISSES}")
+    terms = problem.terms
+    delta = rng.choice((-2, -1, 1, 2))
+    if kind == "shifted_tail" and len(terms) > 1:
+        k = rng.randrange(1, len(terms))
+        wrong = terms[:k] + [max(0, t + delta) for t in terms[k:]]
+    elif kind == "wrong_difference":
+        step = problem.difference + rng.choice((-1, 1))
+        wrong = arithmetic_series(problem.start, step, problem.num_terms)
+    elif kind == "one_more":
+        wrong = terms + [terms[-1] + problem.difference]
+    elif kind == "one_less" and len(terms) > 1:
+        wrong = terms[:-1]
+    else:  # nudged_term, or a one-term series that cannot be shifted or shortened
+        k = rng.randrange(len(terms))
+        wrong = terms[:k] + [abs(terms[k] + delta)] + terms[k + 1 :]
+    if wrong == terms:  # e.g. max(0, ...) undid a shift: nudge one term instead
+        k = rng.randrange(len(terms))
+        wrong = terms[:k] + [terms[k] + 1] + terms[k + 1 :]
+    return wrong
+
+
+def synthetic_pair(
+    problem: ArithmeticProblem, rng: random.Random, kinds: tuple[str, ...] = CORRUPTIONS
+) -> dict[str, str]:
+    """A preference row: the correct series chosen over a wrong one of a kind picked from ``kinds``.
+
+    Args:
+        problem: the problem.
+        rng: source of randomness.
+        kinds: names from :data:`CORRUPTIONS` and :data:`NEAR_MISSES`.
+    """
+    kind = rng.choice(kinds)
+    if kind in NEAR_MISSES:
+        rejected = near_miss_terms(problem, kind, rng)
+    else:
+        rejected = corrupt_terms(problem.terms, kind, rng)
     return {
         "prompt": problem.prompt,
         "chosen": problem.answer,

@@ -77,7 +77,8 @@ class PairCollator:
     One forward pass scores both sides. The batch holds ``input_ids`` and ``attention_mask`` ``(2 * batch,
     seq_len)`` (prompt then response, padded on ``padding_side``), ``last_index`` ``(2 * batch,)`` (the position
     of each sequence's last real token, where the reward model reads its score), ``margin`` ``(batch,)`` float or
-    ``None`` when the rows have no margin, and ``rows`` (the source rows).
+    ``None`` when the rows have no margin, ``chosen_correct`` ``(batch,)`` bool (rows whose ``chosen_correct`` field
+    is true: the chosen response is known to be right, not only better), and ``rows`` (the source rows).
 
     Args:
         pad_id: the tokenizer's pad token id.
@@ -103,5 +104,6 @@ class PairCollator:
             "attention_mask": attention_mask,
             "last_index": last_token_index(attention_mask),
             "margin": None if margins[0] is None else torch.tensor(margins, dtype=torch.float32),
+            "chosen_correct": torch.tensor([bool(ex["row"].get("chosen_correct", False)) for ex in examples]),
             "rows": [ex["row"] for ex in examples],
         }

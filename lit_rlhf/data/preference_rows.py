@@ -83,6 +83,7 @@ def prepare_preference_rows(
     prompt_delimiter: str | None = None,
     margin_field: str | None = None,
     identical: IdenticalPolicy = "skip",
+    allow_empty_responses: bool = False,
 ) -> tuple[RowSet, int]:
     """Validate preference rows and bring them to {prompt, chosen, rejected[, margin]}.
 
@@ -93,6 +94,8 @@ def prepare_preference_rows(
         prompt_delimiter: for implicit prompts, the marker the prompt ends with (e.g. ``"\\n\\nAssistant:"``).
         margin_field: optional numeric field copied to ``margin`` (the required reward gap of the pair).
         identical: policy for pairs with equal chosen and rejected (see :data:`IdenticalPolicy`).
+        allow_empty_responses: accept an empty ``chosen`` or ``rejected`` (a sampled response that was only EOS;
+            it is scored as EOS alone). User data keeps the default, where an empty string is an error.
 
     Returns:
         ``(rows, num_identical_skipped)``; each row keeps its other fields and its source number.
@@ -100,7 +103,8 @@ def prepare_preference_rows(
     Raises:
         DataError: naming the dataset, row and field of the first bad row.
     """
-    validate_text_rows(rowset, ("chosen", "rejected") if implicit_prompt else PREFERENCE_FIELDS)
+    fields = ("chosen", "rejected") if implicit_prompt else PREFERENCE_FIELDS
+    validate_text_rows(rowset, fields, allow_empty=("chosen", "rejected") if allow_empty_responses else ())
     rows, numbers, skipped = [], [], []
     for row, number in zip(rowset.rows, rowset.numbers):
         where = f"{rowset.dataset} row {number}"

@@ -38,17 +38,19 @@ class RowSet:
         return len(self.rows)
 
 
-def validate_text_rows(rowset: RowSet, fields: Iterable[str]) -> None:
+def validate_text_rows(rowset: RowSet, fields: Iterable[str], allow_empty: Iterable[str] = ()) -> None:
     """Check that every row has each of ``fields`` as a non-empty string.
 
     Args:
         rowset: the rows and their source numbers.
         fields: names that must hold non-empty strings.
+        allow_empty: fields of ``fields`` that may be empty (e.g. a sampled response that was only EOS).
 
     Raises:
         DataError: on the first bad row, e.g. ``"data/train.jsonl row 17: field 'response' is empty"``.
     """
     fields = list(fields)
+    allow_empty = set(allow_empty)
     for row, number in zip(rowset.rows, rowset.numbers):
         for field in fields:
             where = f"{rowset.dataset} row {number}"
@@ -58,7 +60,7 @@ def validate_text_rows(rowset: RowSet, fields: Iterable[str]) -> None:
             value = row[field]
             if not isinstance(value, str):
                 raise DataError(f"{where}: field {field!r} must be a string, got {type(value).__name__} {value!r:.80}")
-            if not value.strip():
+            if not value.strip() and field not in allow_empty:
                 raise DataError(f"{where}: field {field!r} is empty")
 
 

@@ -44,6 +44,7 @@ class TokenizedRowsDataModule(RLHFDataModule):
     prompt_delimiter: str | None = None
     margin_field: str | None = None
     identical: IdenticalPolicy = "skip"
+    allow_empty_responses: bool = False
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class TokenizedRowsDataModule(RLHFDataModule):
             prompt_delimiter=self.prompt_delimiter,
             margin_field=self.margin_field,
             identical=self.identical,
+            allow_empty_responses=self.allow_empty_responses,
         )
         examples, report = encode_preference_rows(rowset, tokenizer, **options)
         report.identical_skipped = num_identical

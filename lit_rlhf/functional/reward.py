@@ -73,3 +73,44 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
     return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def prefix_pair_loss(
+    chosen_token_rewards: torch.Tensor,
+    rejected_token_rewards: torch.Tensor,
+    chosen_ids: torch.Tensor,
+    rejected_ids: torch.Tensor,
+    chosen_last: torch.Tensor,
+    rejected_last: torch.Tensor,
+    chosen_correct: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bradley-Terry loss on every aligned prefix after two responses part, for pairs whose chosen side is correct.
+
+    A causal reward model's score at position ``t`` is its score of the sequence cut after ``t``. When the chosen
+    response is known to be right (not merely better) and both sides share the prompt, every prefix of the chosen
+    response is a right start, and every prefix of the rejected one from the first differing token on contains its
+    mistake. So each aligned position ``t`` in ``[first difference, min(chosen_last, rejected_last)]`` is one more
+    pair, ``-log sigmoid(r_chosen[t] - r_rejected[t])``: a dense signal that teaches the model where answers go wrong.
+
+    Args:
+        chosen_token_rewards: ``(batch, seq_len)`` score at every position of the chosen sequences.
+        rejected_token_rewards: ``(batch, seq_len)`` the same for the rejected sequences.
+        chosen_ids: ``(batch, seq_len)`` right-padded chosen ids (prompt then response).
+        rejected_ids: ``(batch, seq_len)`` right-padded rejected ids, same prompt at the same positions.
+        chosen_last: ``(batch,)`` position of each chosen sequence's last real token.
+        rejected_last: ``(batch,)`` the same for rejected.
+        chosen_correct: ``(batch,)`` bool, pairs whose chosen response is correct; others are left out.
+
+    Returns:
+        ``(loss, num_positions)``: the mean over all selected positions (0 when there are none) and their count.
+    """
+    positions = torch.arange(chosen_ids.size(1), device=chosen_ids.device)
+    differ = chosen_ids != rejected_ids
+    first = torch.where(differ.any(dim=1), differ.long().argmax(dim=1), torch.full_like(chosen_last, differ.size(1)))
+    end = torch.minimum(chosen_last, rejected_last)
+    region = (positions >= first[:, None]) & (positions <= end[:, None]) & chosen_correct.bool()[:, None]
+    count = region.sum()
+    if count == 0:
+        return chosen_token_rewards.sum() * 0.0, count
+    logits = chosen_token_rewards.float() - rejected_token_rewards.float()
+    return -F.logsigmoid(logits[region]).mean(), count

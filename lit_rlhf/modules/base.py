@@ -99,6 +99,26 @@ class RLHFModule(L.LightningModule):
             self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
         self._realign_log_step = False
 
+    def lazy_mean_metric(self, metrics: torch.nn.ModuleDict, name: str) -> Any:
+        """``metrics[name]``, created as a ``MeanMetric`` on first use (for metric names known only from the data).
+
+        Created outside inference mode: a metric first made inside ``trainer.validate`` would otherwise hold
+        inference tensors that a later ``fit`` cannot update.
+        """
+        if name not in metrics:
+            from torchmetrics import MeanMetric
+
+            with torch.inference_mode(False):
+                metrics[name] = MeanMetric().to(self.device)
+        return metrics[name]
+
+    @staticmethod
+    def reset_metrics(*metrics: Any) -> None:
+        """Reset torchmetrics outside inference mode, so that a ``fit`` after a ``validate`` can update them."""
+        with torch.inference_mode(False):
+            for metric in metrics:
+                metric.reset()
+
     def export_hf(self, path: str) -> None:
         """Save the model and tokenizer with ``save_pretrained`` (safetensors) into ``path``."""
         os.makedirs(path, exist_ok=True)

@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics import CatMetric, MeanMetric
+from torchmetrics import CatMetric
 
-from lit_rlhf.functional.reward import bradley_terry_loss
+from lit_rlhf.functional.reward import bradley_terry_loss, prefix_pair_loss
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.models.loading import load_tokenizer
-from lit_rlhf.models.scoring import NORMALIZATION_KEY, ensure_distinct_pad, load_reward_model, score_head, sequence_scores
+from lit_rlhf.models.scoring import (
+    NORMALIZATION_KEY,
+    ensure_distinct_pad,
+    load_reward_model,
+    score_head,
+    sequence_scores,
+    token_scores,
+)
 from lit_rlhf.modules.base import RLHFModule
 from lit_rlhf.tables import log_text, markdown_table
 
@@ -38,6 +45,9 @@ class RewardModule(RLHFModule):
         gradient_checkpointing: trade compute for memory on large models.
         freeze_backbone: train only the score head (a linear probe on the SFT features).
         center_coef: weight of ``mean((r_chosen + r_rejected)^2)``, keeping scores centred (TRL uses 0.01).
+        prefix_loss_coef: weight of :func:`~lit_rlhf.functional.reward.prefix_pair_loss`, a Bradley-Terry loss on
+            every aligned prefix after the two responses part, for pairs whose row says ``chosen_correct: true``
+            (the chosen answer is verified right, as in the arithmetic pairs). 0 disables it.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not on biases and norms).
         betas: AdamW betas.
@@ -58,6 +68,7 @@ class RewardModule(RLHFModule):
         gradient_checkpointing: bool = False,
         freeze_backbone: bool = False,
         center_coef: float = 0.0,
+        prefix_loss_coef: float = 0.0,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -102,10 +113,31 @@ class RewardModule(RLHFModule):
         return scores[:num_pairs], scores[num_pairs:]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        chosen, rejected = self._pair_scores(batch)
+        num_pairs = len(batch["rows"])
+        coef = self.hparams.prefix_loss_coef
+        if coef:
+            per_token = token_scores(self.model, batch["input_ids"], batch["attention_mask"])
+            rows = torch.arange(per_token.size(0), device=per_token.device)
+            scores = per_token[rows, batch["last_index"]]
+        else:
+            scores = self(batch["input_ids"], batch["attention_mask"], batch["last_index"])
+        chosen, rejected = scores[:num_pairs], scores[num_pairs:]
         loss, stats = bradley_terry_loss(chosen, rejected, batch["margin"], self.hparams.center_coef)
         size = chosen.size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if coef:
+            ids, last = batch["input_ids"], batch["last_index"]
+            prefix_loss, _ = prefix_pair_loss(
+                per_token[:num_pairs],
+                per_token[num_pairs:],
+                ids[:num_pairs],
+                ids[num_pairs:],
+                last[:num_pairs],
+                last[num_pairs:],
+                batch["chosen_correct"],
+            )
+            self.log("train/prefix_loss", prefix_loss, batch_size=size)
+            loss = loss + coef * prefix_loss
         self.log("train/accuracy", stats.accuracy, prog_bar=True, batch_size=size)
         for name in ("margin", "chosen_mean", "chosen_std", "rejected_mean", "rejected_std"):
             self.log(f"train/{_metric_name(name)}", getattr(stats, name), batch_size=size)
@@ -122,17 +154,12 @@ class RewardModule(RLHFModule):
         rows = batch["rows"]
         for pair_type in sorted({row["pair_type"] for row in rows if "pair_type" in row}):
             mask = torch.tensor([row.get("pair_type") == pair_type for row in rows], device=self.device)
-            self._type_metric(pair_type).update(correct[mask])
+            self.lazy_mean_metric(self.val_by_type, pair_type).update(correct[mask])
         room = self.hparams.num_logged_pairs - len(self._samples)
         for i in range(min(room, len(rows))):
             row = rows[i]
             scores = f"{chosen[i].item():+.3f} / {rejected[i].item():+.3f}"
             self._samples.append((row["prompt"], row["chosen"], row["rejected"], scores, str(row.get("pair_type", ""))))
-
-    def _type_metric(self, pair_type: str) -> MeanMetric:
-        if pair_type not in self.val_by_type:
-            self.val_by_type[pair_type] = MeanMetric().to(self.device)
-        return self.val_by_type[pair_type]
 
     def on_validation_epoch_end(self) -> None:
         chosen, rejected, margin = (m.compute() for m in (self.val_chosen, self.val_rejected, self.val_margin))
@@ -142,12 +169,11 @@ class RewardModule(RLHFModule):
         self.log("val/accuracy", stats.accuracy, prog_bar=True)
         for name in ("margin", "chosen_mean", "chosen_std", "rejected_mean", "rejected_std"):
             self.log(f"val/{_metric_name(name)}", getattr(stats, name))
-        for metric in (self.val_chosen, self.val_rejected, self.val_margin):
-            metric.reset()
+        self.reset_metrics(self.val_chosen, self.val_rejected, self.val_margin)
         for pair_type, metric in self.val_by_type.items():
             if metric.update_count:
                 self.log(f"val/accuracy/{pair_type}", metric.compute())
-            metric.reset()
+            self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
             header = ("prompt", "chosen", "rejected", "r_chosen / r_rejected", "pair type")
             log_text(self.loggers, "samples/val_pairs", markdown_table(header, self._samples), self.global_step)

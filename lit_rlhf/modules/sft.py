@@ -110,29 +110,23 @@ class SFTModule(RLHFModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         scores = datamodule.score_completions(completions, rows) if datamodule is not None else {}
         for name, values in scores.items():
-            self._gold_metric(name).update(torch.tensor(values, dtype=torch.float32, device=self.device))
-        self._gold_metric("eos_rate").update(generation.has_eos.float())
+            self.lazy_mean_metric(self.val_gold, name).update(torch.tensor(values, dtype=torch.float32, device=self.device))
+        self.lazy_mean_metric(self.val_gold, "eos_rate").update(generation.has_eos.float())
         room = self.hparams.num_logged_samples - len(self._samples)
         for i in range(min(room, len(completions))):
             score = ", ".join(f"{k}={v[i]:.2f}" for k, v in scores.items())
             self._samples.append((rows[i]["prompt"], completions[i], rows[i]["response"], score))
-
-    def _gold_metric(self, name: str) -> MeanMetric:
-        if name not in self.val_gold:
-            self.val_gold[name] = MeanMetric().to(self.device)
-        return self.val_gold[name]
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/perplexity", loss.exp())
         self.log("val/token_accuracy", self.val_token_accuracy.compute())
-        self.val_loss.reset()
-        self.val_token_accuracy.reset()
+        self.reset_metrics(self.val_loss, self.val_token_accuracy)
         for name, metric in self.val_gold.items():
             if metric.update_count:
                 self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
-            metric.reset()
+            self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
             table = markdown_table(("prompt", "generated", "reference", "score"), self._samples)
             log_text(self.loggers, "samples/val", table, self.global_step)
