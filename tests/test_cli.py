@@ -158,7 +158,9 @@ def test_reward_stage_reads_the_sft_export_labels_pairs_and_resumes(tmp_path):
     scalars, texts = read_events(run_dir)
     for tag in ("train/loss", "train/accuracy", "train/margin", "val/accuracy", "val/margin", "val/accuracy/synthetic"):
         assert tag in scalars, tag
-    assert any("| prompt | chosen | rejected | r_chosen / r_rejected |" in t for t in texts["samples/val_pairs/text_summary"])
+    assert any(
+        "| prompt | chosen | rejected | r_chosen / r_rejected |" in t for t in texts["samples/val_pairs/text_summary"]
+    )
     from transformers import AutoModelForSequenceClassification
 
     exported = AutoModelForSequenceClassification.from_pretrained(os.path.join(run_dir, "hf"))

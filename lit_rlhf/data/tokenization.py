@@ -36,7 +36,9 @@ class TruncationReport:
 
     def summary(self) -> str:
         rows = f" (first rows: {', '.join(map(str, self.examples))})" if self.examples else ""
-        identical = f", {self.identical_skipped} pairs with chosen == rejected skipped" if self.identical_skipped else ""
+        identical = (
+            f", {self.identical_skipped} pairs with chosen == rejected skipped" if self.identical_skipped else ""
+        )
         return (
             f"{self.dataset}: {self.num_rows} rows, {self.prompt_truncated} prompts truncated, "
             f"{self.response_truncated} responses truncated, {self.dropped} dropped{identical}{rows}"

@@ -99,7 +99,9 @@ def score_head(model: PreTrainedModel) -> torch.nn.Linear:
     return head
 
 
-def backbone_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def backbone_hidden_states(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Last hidden states ``(batch, seq_len, hidden)`` of the model's transformer body (no head, no cache)."""
     body = getattr(model, model.base_model_prefix)
     return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

@@ -110,7 +110,9 @@ class SFTModule(RLHFModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         scores = datamodule.score_completions(completions, rows) if datamodule is not None else {}
         for name, values in scores.items():
-            self.lazy_mean_metric(self.val_gold, name).update(torch.tensor(values, dtype=torch.float32, device=self.device))
+            self.lazy_mean_metric(self.val_gold, name).update(
+                torch.tensor(values, dtype=torch.float32, device=self.device)
+            )
         self.lazy_mean_metric(self.val_gold, "eos_rate").update(generation.has_eos.float())
         room = self.hparams.num_logged_samples - len(self._samples)
         for i in range(min(room, len(completions))):

@@ -80,7 +80,9 @@ def test_bad_rows_name_the_row_and_field(row, kwargs, message):
 
 
 def test_margins_are_read_as_floats():
-    prepared, _ = prepare_preference_rows(rowset({"prompt": "p", "chosen": "a", "rejected": "b", "m": "1.5"}), margin_field="m")
+    prepared, _ = prepare_preference_rows(
+        rowset({"prompt": "p", "chosen": "a", "rejected": "b", "m": "1.5"}), margin_field="m"
+    )
     assert prepared.rows[0]["margin"] == 1.5
 
 

@@ -67,12 +67,22 @@ def test_prefix_pair_loss_stops_at_the_shorter_side_and_handles_no_positions():
     chosen_rewards = torch.tensor([[0.0, 0.0, 2.0, 100.0]])
     rejected_rewards = torch.tensor([[0.0, 0.0, 0.0, -100.0]])
     loss, count = prefix_pair_loss(
-        chosen_rewards, rejected_rewards, chosen_ids, rejected_ids, torch.tensor([3]), torch.tensor([2]),
+        chosen_rewards,
+        rejected_rewards,
+        chosen_ids,
+        rejected_ids,
+        torch.tensor([3]),
+        torch.tensor([2]),
         torch.tensor([True]),
     )
     assert count.item() == 1 and math.isclose(loss.item(), math.log1p(math.exp(-2.0)), rel_tol=1e-6)
     loss, count = prefix_pair_loss(
-        chosen_rewards, rejected_rewards, chosen_ids, rejected_ids, torch.tensor([3]), torch.tensor([2]),
+        chosen_rewards,
+        rejected_rewards,
+        chosen_ids,
+        rejected_ids,
+        torch.tensor([3]),
+        torch.tensor([2]),
         torch.tensor([False]),
     )
     assert count.item() == 0 and loss.item() == 0.0

@@ -19,7 +19,9 @@ def reward_model(word_tokenizer):
 
 def test_scores_match_hugging_face_pooling_and_do_not_depend_on_padding(reward_model, word_tokenizer):
     pad = word_tokenizer.pad_token_id
-    assert reward_model.config.num_labels == 1 and reward_model.config.pad_token_id == pad != word_tokenizer.eos_token_id
+    assert (
+        reward_model.config.num_labels == 1 and reward_model.config.pad_token_id == pad != word_tokenizer.eos_token_id
+    )
     right_ids, right_mask = pad_right(SEQUENCES, pad)
     left_ids, left_mask = pad_left(SEQUENCES, pad)
     with torch.no_grad():
