@@ -12,25 +12,36 @@ from tests.helpers import read_events
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
-def test_default_sft_config_reaches_60_percent_exact_match(tmp_path):
-    # The README's command, word for word, with only the run folder moved to a temporary directory.
+def train(config: str, runs: str, *extra: str) -> None:
+    """The README's command, word for word, with only the run folder moved to a temporary directory."""
     subprocess.run(
         [
             sys.executable,
             "train.py",
             "fit",
             "--config",
-            "configs/arithmetic/sft.yaml",
+            config,
             "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "runs"),
+            runs,
             "--trainer.enable_progress_bar",
             "false",
+            *extra,
         ],
         cwd=ROOT,
         check=True,
     )
-    run_dir = tmp_path / "runs" / "arithmetic" / "sft"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    train("configs/arithmetic/sft.yaml", str(runs))
+    return runs
+
+
+@pytest.mark.slow
+def test_default_sft_config_reaches_60_percent_exact_match(runs):
+    run_dir = runs / "arithmetic" / "sft"
     out = subprocess.run(
         [sys.executable, "-m", "lit_rlhf.evaluate", str(run_dir / "hf"), "--json"],
         cwd=ROOT,
@@ -44,3 +55,28 @@ def test_default_sft_config_reaches_60_percent_exact_match(tmp_path):
     # The export scores what the module measured at its last validation on the same 512 prompts.
     scalars, _ = read_events(str(run_dir))
     assert scalars["val/exact_match"][-1][1] == pytest.approx(result["exact_match"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_default_reward_config_on_the_sft_export(runs, tmp_path):
+    sft_hf = str(runs / "arithmetic" / "sft" / "hf")
+    train(
+        "configs/arithmetic/reward.yaml",
+        str(runs),
+        "--model.init_args.model_name_or_path",
+        sft_hf,
+        "--data.init_args.labeller_policy",
+        sft_hf,
+        "--data.init_args.pairs_cache_dir",
+        str(tmp_path / "pairs"),
+    )
+    run_dir = runs / "arithmetic" / "reward"
+    scalars, _ = read_events(str(run_dir))
+    accuracy = {tag: values[-1][1] for tag, values in scalars.items() if tag.startswith("val/accuracy")}
+    # Floors well under the figures in docs/benchmarks.md: they catch a broken pipeline, not a tuning regression.
+    assert accuracy["val/accuracy/synthetic"] >= 0.85, accuracy
+    assert accuracy["val/accuracy/exact_vs_wrong"] >= 0.65, accuracy
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "hf")
+    assert model.config.reward_normalization["std"] > 0

@@ -191,6 +191,13 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
             "val": RowSet.numbered(f"{path}[held-out]", [r for r in rows if r["split"] == "val"] + val_rows),
         }
 
+    def normalization_dataloader(self) -> Any:
+        """With labelled pairs, only the held-out labelled ones (the SFT model's samples and references)."""
+        if not self.labelled:
+            return self.val_dataloader()
+        sampled = [ex for ex in self.val_dataset if ex["row"]["pair_type"] not in ("synthetic", "near_miss")]
+        return self._eval_loader(sampled or self.val_dataset, self._collator(validation=True))
+
     def score_completions(self, completions: list[str], rows: list[dict[str, Any]]) -> dict[str, list[float]]:
         """``exact_match`` (0/1) and ``graded_score`` (in [0, 1]) of each completion against its row's answer."""
         answers = [row["answer"] for row in rows]

@@ -64,6 +64,14 @@ class RLHFDataModule(L.LightningDataModule):
         """
         return {}
 
+    def normalization_dataloader(self) -> DataLoader:
+        """Batches whose responses look like the policy's own, for a reward model's score statistics.
+
+        The reward model records the mean and std of its scores on these at the end of fit, and PPO normalises
+        with them. Default: the validation loader; datasets that mix in synthetic responses narrow it.
+        """
+        return self.val_dataloader()
+
     def _skip_samples(self) -> int:
         """Samples of this rank's current epoch already consumed, when resuming from a checkpoint (else 0)."""
         trainer = self.trainer

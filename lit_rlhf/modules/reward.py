@@ -31,8 +31,10 @@ class RewardModule(RLHFModule):
     Logs ``train/{loss,accuracy,margin,chosen_reward_mean,chosen_reward_std,rejected_reward_mean,
     rejected_reward_std,lr}`` and the same under ``val/`` over the whole validation set, ``val/accuracy/<type>``
     per ``pair_type`` when rows have one (the arithmetic pairs do), and a text table of pairs with both scores.
-    At the end of fit, records the mean and std of its scores on the validation responses in the export's
-    ``config.reward_normalization``, for PPO to normalise scores.
+    At the end of fit, records the mean and std of its scores on the DataModule's
+    :meth:`~lit_rlhf.data.base.RLHFDataModule.normalization_dataloader` responses (the validation responses; for
+    labelled arithmetic pairs, the SFT model's own samples) in the export's ``config.reward_normalization``, for
+    PPO to normalise scores.
 
     Args:
         model_name_or_path: the SFT export (e.g. ``runs/arithmetic/sft/hf``), a reward-model dir or hub name, or
@@ -184,10 +186,10 @@ class RewardModule(RLHFModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or getattr(datamodule, "val_dataset", None) is None:
             return
-        stats = self.response_score_stats(datamodule.val_dataloader())
+        stats = self.response_score_stats(datamodule.normalization_dataloader())
         setattr(self.model.config, NORMALIZATION_KEY, stats)
         self.print(
-            f"Reward normalisation on {stats['num_responses']} validation responses: "
+            f"Reward normalisation on {stats['num_responses']} held-out responses: "
             f"mean {stats['mean']:.4f}, std {stats['std']:.4f}"
         )
 

@@ -95,6 +95,9 @@ def test_labelled_datamodule_serves_labelled_and_synthetic_validation_pairs(sft_
     assert train_types.count("synthetic") == round(0.5 * train_types.count("exact_vs_wrong"))
     batch = next(iter(data.train_dataloader()))
     assert batch["input_ids"].size(0) == 8
+    # Reward statistics for PPO come from the SFT model's own answers, not from synthetic ones.
+    normalization_types = {row["pair_type"] for b in data.normalization_dataloader() for row in b["rows"]}
+    assert normalization_types == {"exact_vs_wrong"}
 
 
 def test_labelled_pairs_need_a_policy_and_a_trained_one(tmp_path):

@@ -97,7 +97,7 @@ def test_export_round_trip_gives_identical_scores_and_records_normalisation(tmp_
         theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
     torch.testing.assert_close(ours, theirs)
     stats = getattr(model.config, NORMALIZATION_KEY)
-    expected = module.response_score_stats(data.val_dataloader())
+    expected = module.response_score_stats(data.normalization_dataloader())
     assert stats["num_responses"] == expected["num_responses"] > 0
     assert stats["mean"] == pytest.approx(expected["mean"], abs=1e-5)
     assert stats["std"] == pytest.approx(expected["std"], abs=1e-5) and stats["std"] > 0
