@@ -48,6 +48,7 @@ def load_tokenizer(
     if is_builtin(name_or_path):
         tokenizer = build_word_tokenizer()
     else:
+        check_local_path(name_or_path)
         if os.path.isdir(name_or_path) and not _has_tokenizer_files(name_or_path):
             raise ModelLoadError(
                 f"{name_or_path} has no tokenizer files (tokenizer.json, tokenizer_config.json, vocab/merges or "
@@ -122,6 +123,20 @@ def load_causal_lm(
             model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.train()
     return model
+
+
+def check_local_path(name_or_path: str) -> None:
+    """Fail clearly when ``name_or_path`` is meant as a local folder (not a hub ``namespace/name``) and is missing.
+
+    Raises:
+        ModelLoadError: e.g. ``runs/arithmetic/sft/hf`` does not exist because the previous stage has not run.
+    """
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise ModelLoadError(
+            f"{name_or_path}: no such model folder (if it is the export of an earlier stage, run that stage first, "
+            "e.g. python train.py fit --config configs/arithmetic/sft.yaml)"
+        )
 
 
 def _has_tokenizer_files(folder: str) -> bool:

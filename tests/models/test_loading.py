@@ -50,3 +50,9 @@ def test_vocabulary_mismatch_is_refused(tmp_path, word_tokenizer):
 def test_not_a_model_is_a_clear_error(tmp_path, word_tokenizer):
     with pytest.raises(ModelLoadError, match="could not load a causal LM"):
         load_causal_lm(str(tmp_path), word_tokenizer)
+
+
+def test_missing_local_export_says_to_run_the_earlier_stage(tmp_path):
+    missing = str(tmp_path / "runs" / "arithmetic" / "sft" / "hf")
+    with pytest.raises(ModelLoadError, match=r"sft/hf: no such model folder \(if it is the export of an earlier stage"):
+        load_tokenizer(missing)
