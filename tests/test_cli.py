@@ -172,3 +172,49 @@ def test_reward_stage_reads_the_sft_export_labels_pairs_and_resumes(tmp_path):
     assert resumed.trainer.global_step == 8
     steps = [s for s, _ in read_events(run_dir)[0]["train/loss"]]
     assert sorted(steps) == list(range(8))
+
+
+def test_any_hf_model_as_reward_model_with_the_generic_preference_datamodule(tmp_path):
+    pairs = os.path.join(ROOT, "tests", "fixtures", "preference", "pairs.jsonl")
+    texts = [" ".join(str(v) for v in json.loads(line).values()) for line in open(pairs)]
+    model_dir = save_tiny_gpt2(str(tmp_path / "gpt2"), texts)  # no pad token, like GPT-2
+    run_dir = tmp_path / "runs" / "qa" / "reward"
+    args = [
+        "fit",
+        "--config",
+        REWARD_CONFIG,
+        "--model.model_name_or_path",
+        model_dir,
+        "--data",
+        "lit_rlhf.data.PreferenceDataModule",
+        "--data.train",
+        pairs,
+        "--data.columns",
+        '{"prompt": "question", "chosen": "good", "rejected": "bad"}',
+        "--data.val_fraction",
+        "0.4",
+        "--data.batch_size",
+        "2",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        "--trainer.logger.init_args.name",
+        "qa",
+        "--trainer.callbacks",
+        "[]",
+    ]
+    with pytest.raises(ValueError, match="has no pad token; a reward model needs a pad token distinct from EOS"):
+        cli_main(args)
+    cli = cli_main(args + ["--model.pad_token", "<|pad|>"])
+    assert cli.trainer.global_step == 3
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    exported = AutoModelForSequenceClassification.from_pretrained(run_dir / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "hf")
+    assert tokenizer.pad_token == "<|pad|>" and exported.config.pad_token_id == tokenizer.pad_token_id
+    assert exported.config.reward_normalization["num_responses"] > 0
