@@ -3,22 +3,46 @@
 Nothing in this package imports Lightning; every function is tested on hand-computed tensors.
 """
 
+from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import IGNORE_INDEX, mask_after_eos, masked_mean, masked_sum
+from lit_rlhf.functional.ppo import (
+    PolicyStats,
+    ValueStats,
+    entropy_from_logits,
+    gae,
+    masked_mean_var,
+    masked_whiten,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
 from lit_rlhf.functional.reward import RewardStats, bradley_terry_loss, last_token_index
 from lit_rlhf.functional.schedules import warmup_decay_factor
 from lit_rlhf.functional.sft import SFTStats, sft_loss
 
 __all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
     "IGNORE_INDEX",
+    "PolicyStats",
     "RewardStats",
     "SFTStats",
+    "ValueStats",
     "bradley_terry_loss",
+    "entropy_from_logits",
+    "gae",
+    "kl_penalty",
     "last_token_index",
     "logprobs_from_logits",
     "mask_after_eos",
     "masked_mean",
+    "masked_mean_var",
     "masked_sum",
+    "masked_whiten",
+    "per_token_rewards",
+    "ppo_policy_loss",
+    "ppo_value_loss",
     "sft_loss",
     "warmup_decay_factor",
 ]
