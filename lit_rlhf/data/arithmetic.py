@@ -68,7 +68,8 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
     ``val/accuracy/<pair_type>`` shows both.
 
     Args:
-        format: ``sft`` ({prompt, response} for the SFT module) or ``preference`` (pairs for the reward model).
+        format: ``sft`` ({prompt, response} for the SFT module), ``preference`` (pairs for the reward model) or
+            ``prompt`` (prompts with their ``answer`` etc. for PPO/GRPO and the verifier reward).
         pairs: ``synthetic`` or ``labelled`` (``format: preference`` only).
         labeller_policy: the SFT export that answers the prompts to label (``pairs: labelled``).
         samples_per_prompt: answers sampled per prompt for labelling.
@@ -125,8 +126,8 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
             num_workers=num_workers,
             seed=seed,
         )
-        if format not in ("sft", "preference"):
-            raise ValueError(f"format must be 'sft' or 'preference', got {format!r}")
+        if format not in ("sft", "preference", "prompt"):
+            raise ValueError(f"format must be 'sft', 'preference' or 'prompt', got {format!r}")
         if pairs not in ("synthetic", "labelled"):
             raise ValueError(f"pairs must be 'synthetic' or 'labelled', got {pairs!r}")
         if format == "preference" and pairs == "labelled" and not labeller_policy:
@@ -169,7 +170,7 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
 
     def load_rows(self) -> dict[str, RowSet]:
         train, val = split_problems(self.num_val, self.num_train, self.seed)
-        if self.format == "sft":
+        if self.format in ("sft", "prompt"):
             return {
                 "train": RowSet.numbered("arithmetic[train]", [problem_row(p) for p in train]),
                 "val": RowSet.numbered("arithmetic[held-out]", [problem_row(p) for p in val]),

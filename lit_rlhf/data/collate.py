@@ -107,3 +107,19 @@ class PairCollator:
             "chosen_correct": torch.tensor([bool(ex["row"].get("chosen_correct", False)) for ex in examples]),
             "rows": [ex["row"] for ex in examples],
         }
+
+
+class PromptCollator:
+    """Collate prompt-only rows (PPO, GRPO) into left-padded ``prompt_input_ids`` and ``prompt_attention_mask``
+    ``(batch, prompt_len)`` for generation, plus ``rows`` (the source rows: reward functions read their fields).
+
+    Args:
+        pad_id: the tokenizer's pad token id.
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        ids, mask = pad_left([ex["prompt_ids"] for ex in examples], self.pad_id)
+        return {"prompt_input_ids": ids, "prompt_attention_mask": mask, "rows": [ex["row"] for ex in examples]}

@@ -192,3 +192,47 @@ def encode_sft_rows(
             )
     finish_report(examples, report, overlong)
     return examples, report
+
+
+def encode_prompt_rows(
+    rowset: RowSet,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_prompt_length: int,
+    overlong: OverlongPolicy = "truncate",
+    use_chat_template: bool | None = None,
+    system_prompt: str | None = None,
+) -> tuple[list[dict[str, Any]], TruncationReport]:
+    """Tokenize validated prompt rows (for PPO and GRPO, which generate the responses).
+
+    Args:
+        rowset: validated rows with a string ``prompt`` (other fields are kept for reward functions).
+        tokenizer: the policy's tokenizer.
+        max_prompt_length: most prompt tokens; longer prompts follow ``overlong`` (``truncate`` keeps the end).
+        overlong: see :data:`OverlongPolicy`.
+        use_chat_template: wrap the prompt in the tokenizer's chat template (``None``: if it has one).
+        system_prompt: optional system message (chat) or preamble (plain text).
+
+    Returns:
+        ``(examples, report)``: each example has ``prompt_ids`` and ``row``.
+    """
+    chat = uses_chat_template(tokenizer, use_chat_template)
+    report = TruncationReport(dataset=rowset.dataset, num_rows=len(rowset))
+    examples = []
+    for row, row_index in zip(rowset.rows, rowset.numbers):
+        prompt_ids = encode_prompt(tokenizer, row["prompt"], chat, system_prompt)
+        if len(prompt_ids) > max_prompt_length:
+            if overlong == "error":
+                raise DataError(
+                    f"{rowset.dataset} row {row_index}: prompt has {len(prompt_ids)} tokens > max_prompt_length "
+                    f"{max_prompt_length} (set overlong: truncate or drop to continue)"
+                )
+            report.note(row_index)
+            if overlong == "drop":
+                report.dropped += 1
+                continue
+            report.prompt_truncated += 1
+            prompt_ids = prompt_ids[-max_prompt_length:]
+        examples.append({"prompt_ids": prompt_ids, "row": {**row, "row_index": row_index}})
+    finish_report(examples, report, overlong)
+    return examples, report

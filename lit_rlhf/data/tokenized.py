@@ -8,12 +8,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.base import RLHFDataModule
-from lit_rlhf.data.collate import PairCollator, SFTCollator
+from lit_rlhf.data.collate import PairCollator, PromptCollator, SFTCollator
 from lit_rlhf.data.preference_rows import IdenticalPolicy, encode_preference_rows, prepare_preference_rows
 from lit_rlhf.data.rows import RowSet, validate_text_rows
-from lit_rlhf.data.tokenization import OverlongPolicy, TruncationReport, encode_sft_rows
+from lit_rlhf.data.tokenization import (
+    OverlongPolicy,
+    TruncationReport,
+    check_lengths,
+    encode_prompt_rows,
+    encode_sft_rows,
+)
 
-RowFormat = Literal["sft", "preference"]
+RowFormat = Literal["sft", "preference", "prompt"]
 
 SFT_FIELDS = ("prompt", "response")
 
@@ -27,6 +33,8 @@ class TokenizedRowsDataModule(RLHFDataModule):
       :class:`~lit_rlhf.data.collate.SFTCollator`).
     - ``preference``: {prompt, chosen, rejected[, margin]} for :class:`~lit_rlhf.modules.RewardModule` (batches
       from :class:`~lit_rlhf.data.collate.PairCollator`).
+    - ``prompt``: {prompt, + fields a reward function may read} for PPO and GRPO (batches from
+      :class:`~lit_rlhf.data.collate.PromptCollator`); ``max_prompt_length`` bounds the prompts.
 
     Subclasses implement :meth:`load_rows` and get validation, tokenization, the truncation report and loaders.
 
@@ -94,6 +102,17 @@ class TokenizedRowsDataModule(RLHFDataModule):
         if self.row_format == "sft":
             validate_text_rows(rowset, SFT_FIELDS)
             return encode_sft_rows(rowset, tokenizer, **options)
+        if self.row_format == "prompt":
+            validate_text_rows(rowset, ("prompt",))
+            max_prompt_length = check_lengths(rowset.dataset, self.max_length, self.max_prompt_length)
+            return encode_prompt_rows(
+                rowset,
+                tokenizer,
+                max_prompt_length=max_prompt_length,
+                overlong=self.overlong,
+                use_chat_template=self.use_chat_template,
+                system_prompt=self.system_prompt,
+            )
         rowset, num_identical = prepare_preference_rows(
             rowset,
             implicit_prompt=self.implicit_prompt,
@@ -111,6 +130,8 @@ class TokenizedRowsDataModule(RLHFDataModule):
         pad_id = self._require_tokenizer().pad_token_id
         if self.row_format == "sft":
             return SFTCollator(pad_id, with_prompts=validation)
+        if self.row_format == "prompt":
+            return PromptCollator(pad_id)
         return PairCollator(pad_id)
 
     def train_dataloader(self) -> DataLoader:

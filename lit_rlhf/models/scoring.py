@@ -100,11 +100,18 @@ def score_head(model: PreTrainedModel) -> torch.nn.Linear:
 
 
 def backbone_hidden_states(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Last hidden states ``(batch, seq_len, hidden)`` of the model's transformer body (no head, no cache)."""
+    """Last hidden states ``(batch, seq_len, hidden)`` of the model's transformer body (no head, no cache).
+
+    ``position_ids`` matter for left-padded input (see :func:`lit_rlhf.rollout.position_ids_from_mask`).
+    """
     body = getattr(model, model.base_model_prefix)
-    return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    kwargs = {} if position_ids is None else {"position_ids": position_ids}
+    return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).last_hidden_state
 
 
 def sequence_scores(
@@ -131,9 +138,14 @@ def sequence_scores(
     return score_head(model)(hidden[rows, last_index.to(hidden.device)]).squeeze(-1).float()
 
 
-def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def token_scores(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Score at every position ``(batch, seq_len)``: a value model's per-token values."""
-    hidden = backbone_hidden_states(model, input_ids, attention_mask)
+    hidden = backbone_hidden_states(model, input_ids, attention_mask, position_ids)
     return score_head(model)(hidden).squeeze(-1).float()
 
 

@@ -1,0 +1,82 @@
+"""Teacher-forced passes over prompt + response for PPO and GRPO: log-probabilities and values of response tokens.
+
+Prompts are left-padded and responses right-padded (after their first EOS), so the sequence ``[prompt | response]``
+has padding on both sides. Positions are counted from the first real token (:func:`position_ids_from_mask`), as
+``generate`` does, so the log-probabilities of a forward pass equal those of the sampling pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from lit_rlhf.functional.logprobs import logprobs_from_logits
+from lit_rlhf.models.scoring import token_scores
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(batch, seq_len)`` positions counted from each row's first real token (0 on left padding)."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def join(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[prompt | response]`` ids and attention mask, both ``(batch, prompt_len + response_len)``."""
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
+    return ids, mask
+
+
+def response_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-probabilities of the response tokens under ``model`` (with grad if enabled by the caller).
+
+    Args:
+        model: a causal LM.
+        prompt_ids: ``(batch, prompt_len)`` left-padded prompts.
+        prompt_mask: ``(batch, prompt_len)`` their attention mask.
+        response_ids: ``(batch, response_len)`` responses (padding after the first EOS).
+        response_mask: ``(batch, response_len)`` bool, true up to and including the first EOS.
+        temperature: the sampling temperature; logits are divided by it, so the log-probabilities are those of the
+            distribution the responses were sampled from.
+
+    Returns:
+        ``(batch, response_len)`` float32 log-probabilities, 0 on response padding.
+    """
+    ids, mask = join(prompt_ids, prompt_mask, response_ids, response_mask)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+    ).logits
+    start = prompt_ids.size(1) - 1  # logits at t predict token t + 1
+    logits = logits[:, start:-1] / temperature
+    logprobs = logprobs_from_logits(logits, response_ids)
+    return torch.where(response_mask.bool(), logprobs, torch.zeros_like(logprobs))
+
+
+def response_values(
+    critic: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Critic values of the states before each response token: ``V_t`` read at the position that predicts token t.
+
+    Args:
+        critic: a sequence-classification model with one label (scored per token).
+        prompt_ids, prompt_mask, response_ids, response_mask: as in :func:`response_logprobs`.
+
+    Returns:
+        ``(batch, response_len)`` float32 values, 0 on response padding.
+    """
+    ids, mask = join(prompt_ids, prompt_mask, response_ids, response_mask)
+    values = token_scores(critic, ids, mask, position_ids=position_ids_from_mask(mask))
+    values = values[:, prompt_ids.size(1) - 1 : -1]
+    return torch.where(response_mask.bool(), values, torch.zeros_like(values))

@@ -1,0 +1,75 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lit_rlhf.data.collate import pad_left
+from lit_rlhf.functional.logprobs import logprobs_from_logits
+from lit_rlhf.functional.masking import mask_after_eos
+from lit_rlhf.models import build_word_tokenizer, load_tokenizer
+from lit_rlhf.models.scoring import load_reward_model, token_scores
+from lit_rlhf.models.tiny import build_tiny_llama
+from lit_rlhf.rollout import position_ids_from_mask, response_logprobs, response_values
+from tests.conftest import TINY_MODEL_CONFIG
+from tests.helpers import save_tiny_gpt2
+
+PROMPTS = ["make a series 1 2", "make a series of arithmetic type which starts at 5", "series"]
+
+
+def test_position_ids_count_from_the_first_real_token():
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2, 2], [0, 1, 2, 3, 4, 5]]
+
+
+def sample_with_logits(model, tokenizer, temperature):
+    ids, mask = pad_left([tokenizer(p)["input_ids"] for p in PROMPTS], tokenizer.pad_token_id)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=6,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    response = out.sequences[:, ids.size(1) :]
+    response_mask = mask_after_eos(response, tokenizer.eos_token_id)
+    logits = torch.stack(out.logits, dim=1) / temperature  # raw logits of each step, before the temperature
+    expected = torch.where(response_mask, logprobs_from_logits(logits, response), torch.zeros(()))
+    return ids, mask, response, response_mask, expected
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])  # rotary positions, and learned absolute positions
+def test_forward_logprobs_equal_the_sampling_pass_under_left_padding(kind, tmp_path):
+    if kind == "llama":
+        tokenizer = build_word_tokenizer()
+        model = build_tiny_llama(tokenizer, TINY_MODEL_CONFIG)
+    else:
+        path = save_tiny_gpt2(str(tmp_path / "gpt2"), PROMPTS)
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+    model.eval()
+    torch.manual_seed(0)
+    ids, mask, response, response_mask, expected = sample_with_logits(model, tokenizer, temperature=0.7)
+    with torch.no_grad():
+        got = response_logprobs(model, ids, mask, response, response_mask, temperature=0.7)
+    assert got.shape == response.shape
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_values_are_read_at_the_position_before_each_response_token(word_tokenizer):
+    critic = load_reward_model("tiny-arithmetic", word_tokenizer, config_overrides=TINY_MODEL_CONFIG).eval()
+    prompt_ids, prompt_mask = pad_left([[5, 6, 7], [8]], word_tokenizer.pad_token_id)
+    response = torch.tensor([[9, 3], [10, 11]])
+    response_mask = torch.tensor([[True, True], [True, False]])
+    with torch.no_grad():
+        values = response_values(critic, prompt_ids, prompt_mask, response, response_mask)
+        # Row 1 alone, unpadded: [8, 10] -> V_0 at position 0 (before 10); the token after 10 is padding.
+        alone = token_scores(critic, torch.tensor([[8, 10]]), torch.ones(1, 2, dtype=torch.long))
+        # Row 0 alone: [5, 6, 7, 9, 3] -> V_0 at position 2 (before 9), V_1 at position 3 (before 3).
+        alone0 = token_scores(critic, torch.tensor([[5, 6, 7, 9, 3]]), torch.ones(1, 5, dtype=torch.long))
+    torch.testing.assert_close(values[0], alone0[0, 2:4], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values[1, 0], alone[0, 0], atol=1e-5, rtol=1e-5)
+    assert values[1, 1] == 0.0
