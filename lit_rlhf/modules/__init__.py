@@ -1,7 +1,8 @@
 """LightningModules: one per training stage."""
 
 from lit_rlhf.modules.base import CheckpointMismatchError, RLHFModule
+from lit_rlhf.modules.ppo import PPOModule
 from lit_rlhf.modules.reward import RewardModule
 from lit_rlhf.modules.sft import SFTModule
 
-__all__ = ["CheckpointMismatchError", "RLHFModule", "RewardModule", "SFTModule"]
+__all__ = ["CheckpointMismatchError", "PPOModule", "RLHFModule", "RewardModule", "SFTModule"]

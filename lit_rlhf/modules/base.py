@@ -93,11 +93,16 @@ class RLHFModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Lightning 2.6 restores its logging step (``_batches_that_stepped``) one too high when the checkpoint was
-        # taken at the end of a validation or of fit, which shifts every curve of a resumed run by one step. With
-        # automatic optimization it equals the optimizer step count at each batch start, so put it back once.
-        if self._realign_log_step and self.automatic_optimization:
-            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+        # taken at the end of a validation or of fit, which shifts every curve of a resumed run by one step. Put it
+        # back once after a restore, to the step count the module logs against (:meth:`logging_step`).
+        if self._realign_log_step:
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.logging_step()
         self._realign_log_step = False
+
+    def logging_step(self) -> int:
+        """The x-axis of training curves at the start of a batch: the optimizer step count (one step per batch
+        under automatic optimization); modules that step several optimizers per batch count their own batches."""
+        return self.trainer.global_step
 
     def lazy_mean_metric(self, metrics: torch.nn.ModuleDict, name: str) -> Any:
         """``metrics[name]``, created as a ``MeanMetric`` on first use (for metric names known only from the data).

@@ -1,0 +1,330 @@
+"""PPO with a learned critic: manual optimization of actor and critic (InstructGPT / N+ implementation details)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import torch
+
+from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
+from lit_rlhf.functional.masking import masked_mean
+from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
+from lit_rlhf.functional.schedules import ScheduleName
+from lit_rlhf.generation import decode_responses, generate, generate_for_batch
+from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+from lit_rlhf.models.scoring import load_reward_model
+from lit_rlhf.modules.base import CHECKPOINT_KEY, RLHFModule
+from lit_rlhf.rewards.base import RewardSource
+from lit_rlhf.rollout import response_logprobs, response_values
+from lit_rlhf.tables import log_text, markdown_table
+
+
+class Rollout(NamedTuple):
+    """One batch of experience (all tensors detached).
+
+    Attributes:
+        prompt_ids: ``(batch, prompt_len)`` left-padded prompts; ``prompt_mask`` their attention mask.
+        response_ids: ``(batch, response_len)`` sampled responses (padding after the first EOS).
+        response_mask: ``(batch, response_len)`` bool, true up to and including the first EOS.
+        logprobs: ``(batch, response_len)`` log-probabilities of the sampled tokens under the rollout policy.
+        values: ``(batch, response_len)`` critic values of the rollout.
+        advantages: ``(batch, response_len)`` GAE advantages (whitened if configured).
+        returns: ``(batch, response_len)`` advantages + values before whitening.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class PPOModule(RLHFModule):
+    """PPO on prompts: sample, score, per-token KL-penalised rewards, GAE, clipped policy and value updates.
+
+    One training batch of prompts is one PPO iteration: a rollout (sampling in eval mode with KV cache, no grad),
+    then ``ppo_epochs`` passes over ``num_minibatches`` minibatches, each stepping the actor optimizer and then the
+    critic optimizer (``automatic_optimization = False``). Each ``optimizer.step()`` advances
+    ``trainer.global_step``, so ``trainer.max_steps = iterations * 2 * ppo_epochs * num_minibatches``; curves are
+    logged per iteration. The frozen reference policy and the reward source are not in the checkpoint (they are
+    reloaded from their source); the actor, critic, both optimizers and schedulers, the KL controller, the
+    iteration counter and the RNG states are.
+
+    Args:
+        policy_name_or_path: the SFT export (policy and frozen reference start from it).
+        reward: the reward source (``class_path`` in YAML), e.g. ``lit_rlhf.rewards.ArithmeticVerifierReward`` or
+            ``lit_rlhf.rewards.RewardModelReward``.
+        critic_name_or_path: where the critic starts (a reward-model export, or the policy: ``null``).
+        tokenizer_name_or_path: where the policy's tokenizer lives if not beside it.
+        actor_learning_rate, critic_learning_rate: peak AdamW learning rates.
+        weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio: optimizer and schedule (per optimizer step).
+        max_new_tokens: response length limit of rollouts and validation.
+        temperature, top_k, top_p: rollout sampling.
+        kl_coef: initial coefficient of the per-token KL penalty.
+        kl_estimator: ``k1`` (log-ratio) or ``k3``.
+        adaptive_kl_target: target KL per sequence for the adaptive controller; ``null`` keeps ``kl_coef`` fixed.
+        adaptive_kl_horizon: horizon of the adaptive controller (in samples).
+        missing_eos_penalty: subtracted from the score of responses cut by ``max_new_tokens``; ``null`` = none.
+        gamma, lam: GAE discount and lambda.
+        whiten_advantages: whiten advantages over the batch.
+        clip_range, clip_range_value: PPO clipping of the ratio and of the value change.
+        ppo_epochs, num_minibatches: passes over each rollout batch and minibatches per pass.
+        max_grad_norm: gradient clipping norm of each optimizer step.
+        num_logged_samples: rows of the validation sample table.
+    """
+
+    def __init__(
+        self,
+        reward: RewardSource,
+        policy_name_or_path: str = "runs/arithmetic/sft/hf",
+        critic_name_or_path: str | None = None,
+        tokenizer_name_or_path: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        actor_learning_rate: float = 1e-5,
+        critic_learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: ScheduleName = "constant",
+        min_lr_ratio: float = 0.0,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        kl_coef: float = 0.05,
+        kl_estimator: str = "k1",
+        adaptive_kl_target: float | None = None,
+        adaptive_kl_horizon: float = 10000.0,
+        missing_eos_penalty: float | None = 1.0,
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        whiten_advantages: bool = True,
+        clip_range: float = 0.2,
+        clip_range_value: float = 0.2,
+        ppo_epochs: int = 4,
+        num_minibatches: int = 1,
+        max_grad_norm: float = 1.0,
+        num_logged_samples: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["reward"])
+        self.automatic_optimization = False
+        self.reward = reward
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path or policy_name_or_path)
+        self.model = load_causal_lm(policy_name_or_path, self.tokenizer, config_overrides=model_config)
+        reference = load_causal_lm(policy_name_or_path, self.tokenizer, config_overrides=model_config).eval()
+        reference.requires_grad_(False)
+        self._frozen = {"reference": reference}  # a plain dict: not a submodule, so not in the checkpoint
+        self.critic = load_reward_model(
+            critic_name_or_path or policy_name_or_path, self.tokenizer, config_overrides=model_config
+        )
+        self.kl_controller = (
+            AdaptiveKLController(kl_coef, adaptive_kl_target, adaptive_kl_horizon)
+            if adaptive_kl_target is not None
+            else FixedKLController(kl_coef)
+        )
+        self.iteration = 0
+        self.val_metrics = torch.nn.ModuleDict()
+        self._samples: list[tuple[str, str, str]] = []
+
+    @property
+    def reference(self) -> torch.nn.Module:
+        return self._frozen["reference"]
+
+    def on_fit_start(self) -> None:
+        self.reference.to(self.device)
+        if hasattr(self.reward, "to"):
+            self.reward.to(self.device)
+
+    on_validation_start = on_fit_start
+
+    # -- 1-4: rollout, scores, per-token rewards, advantages -------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, torch.Tensor]]:
+        """Sample responses and turn them into experience (:class:`Rollout`) plus statistics to log."""
+        hp = self.hparams
+        prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        generation = generate(
+            self.model,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=hp.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=hp.temperature,
+            top_k=hp.top_k,
+            top_p=hp.top_p,
+        )
+        response_ids, response_mask = generation.response_ids, generation.response_mask
+        rows = batch["rows"]
+        completions = decode_responses(self.tokenizer, generation)
+        scores = self.reward([r["prompt"] for r in rows], completions, rows, generation.has_eos.tolist())
+        scores = scores.to(self.device)
+        if hp.missing_eos_penalty is not None:
+            scores = torch.where(generation.has_eos, scores, scores - hp.missing_eos_penalty)
+        was_training = self.model.training
+        self.model.eval()  # dropout off, as in sampling
+        logprobs = response_logprobs(self.model, prompt_ids, prompt_mask, response_ids, response_mask, hp.temperature)
+        self.model.train(was_training)
+        ref_logprobs = response_logprobs(
+            self.reference, prompt_ids, prompt_mask, response_ids, response_mask, hp.temperature
+        )
+        values = response_values(self.critic, prompt_ids, prompt_mask, response_ids, response_mask)
+        kl = kl_penalty(logprobs, ref_logprobs, hp.kl_estimator) * response_mask
+        rewards, non_score = per_token_rewards(scores, kl, self.kl_controller.value, response_mask)
+        advantages, returns = gae(rewards, values, response_mask, hp.gamma, hp.lam)
+        if hp.whiten_advantages:
+            advantages = masked_whiten(advantages, response_mask)
+        sequence_kl = kl.sum(dim=1)
+        stats = {
+            "objective/score": scores.mean(),
+            "objective/kl": sequence_kl.mean(),
+            "objective/non_score_reward": non_score.sum(dim=1).mean(),
+            "objective/rlhf_reward": (scores + non_score.sum(dim=1)).mean(),
+            "objective/entropy": (-logprobs).sum(dim=1).mean(),
+            "rollout/response_length": response_mask.sum(dim=1).float().mean(),
+            "rollout/eos_rate": generation.has_eos.float().mean(),
+        }
+        experience = Rollout(
+            prompt_ids, prompt_mask, response_ids, response_mask, logprobs, values, advantages, returns
+        )
+        return experience, stats
+
+    # -- 5: PPO epochs over minibatches -----------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp = self.hparams
+        actor_opt, critic_opt = self.optimizers()
+        actor_sched, critic_sched = self.lr_schedulers()
+        experience, stats = self.rollout(batch)
+        size = experience.prompt_ids.size(0)
+        sums: dict[str, float] = {}
+        updates = 0
+        for _ in range(hp.ppo_epochs):
+            order = torch.randperm(size, device=self.device)
+            for minibatch in order.chunk(hp.num_minibatches):
+                mb = Rollout(*(t[minibatch] for t in experience))
+                logprobs = response_logprobs(
+                    self.model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask, hp.temperature
+                )
+                policy_loss, policy_stats = ppo_policy_loss(
+                    logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.clip_range
+                )
+                actor_opt.zero_grad()
+                self.manual_backward(policy_loss)
+                self.clip_gradients(actor_opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                actor_opt.step()
+                actor_sched.step()
+
+                values = response_values(self.critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+                value_loss, value_stats = ppo_value_loss(
+                    values, mb.values, mb.returns, mb.response_mask, hp.clip_range_value
+                )
+                critic_opt.zero_grad()
+                self.manual_backward(value_loss)
+                self.clip_gradients(critic_opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                critic_opt.step()
+                critic_sched.step()
+
+                entropy = masked_mean(-logprobs.detach(), mb.response_mask)
+                for name, value in (
+                    ("loss/policy", policy_loss),
+                    ("loss/value", value_loss),
+                    ("policy/approxkl", policy_stats.approxkl),
+                    ("policy/clipfrac", policy_stats.clipfrac),
+                    ("policy/entropy", entropy),
+                    ("val/clipfrac", value_stats.clipfrac),
+                    ("val/ratio", policy_stats.ratio_mean),
+                    ("val/ratio_var", policy_stats.ratio_var),
+                    ("val/explained_variance", value_stats.explained_variance),
+                ):
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                updates += 1
+        self.kl_controller.update(float(stats["objective/kl"]), size)
+        self.iteration += 1
+        logged = {**stats, **{k: v / updates for k, v in sums.items()}}
+        logged["objective/kl_coef"] = self.kl_controller.value
+        logged["lr/actor"] = actor_opt.param_groups[0]["lr"]
+        logged["lr/critic"] = critic_opt.param_groups[0]["lr"]
+        logged["iteration"] = self.iteration
+        self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
+        self.log("score", stats["objective/score"], prog_bar=True, batch_size=size, logger=False)
+        self.log("kl", stats["objective/kl"], prog_bar=True, batch_size=size, logger=False)
+
+    # -- validation: greedy answers, gold metrics next to the reward ----------------------------------------------
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        generation, completions = generate_for_batch(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)
+        rows = batch["rows"]
+        datamodule = getattr(self.trainer, "datamodule", None)
+        metrics = dict(datamodule.score_completions(completions, rows)) if datamodule is not None else {}
+        rewards = self.reward([r["prompt"] for r in rows], completions, rows, generation.has_eos.tolist())
+        metrics["reward"] = rewards.tolist()
+        metrics["eos_rate"] = generation.has_eos.float().tolist()
+        metrics["response_length"] = generation.response_mask.sum(dim=1).float().tolist()
+        for name, values in metrics.items():
+            self.lazy_mean_metric(self.val_metrics, name).update(
+                torch.tensor(values, dtype=torch.float32, device=self.device)
+            )
+        room = self.hparams.num_logged_samples - len(self._samples)
+        for i in range(min(room, len(rows))):
+            self._samples.append((rows[i]["prompt"], completions[i], f"{metrics['reward'][i]:+.3f}"))
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.val_metrics.items():
+            if metric.update_count:
+                self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
+            self.reset_metrics(metric)
+        if self._samples and not self.trainer.sanity_checking:
+            table = markdown_table(("prompt", "greedy response", "reward"), self._samples)
+            log_text(self.loggers, "samples/val", table, self.iteration)
+        self._samples = []
+
+    # -- optimizers, checkpoint, export -----------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> tuple[list, list]:
+        hp = self.hparams
+        total = self.trainer.max_steps // 2 if self.trainer.max_steps > 0 else 10**9
+        common = {
+            "weight_decay": hp.weight_decay,
+            "betas": tuple(hp.betas),
+            "warmup_steps": hp.warmup_steps,
+            "lr_schedule": hp.lr_schedule,
+            "min_lr_ratio": hp.min_lr_ratio,
+            "total_steps": total,
+        }
+        actor, actor_sched = self.build_optimizer(
+            list(self.model.named_parameters()), learning_rate=hp.actor_learning_rate, **common
+        )
+        critic, critic_sched = self.build_optimizer(
+            list(self.critic.named_parameters()), learning_rate=hp.critic_learning_rate, **common
+        )
+        return [actor, critic], [actor_sched, critic_sched]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CHECKPOINT_KEY]["ppo"] = {"iteration": self.iteration, "kl": self.kl_controller.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint[CHECKPOINT_KEY].get("ppo", {})
+        self.iteration = state.get("iteration", 0)
+        if "kl" in state:
+            self.kl_controller.load_state_dict(state["kl"])
+
+    def logging_step(self) -> int:
+        return self.iteration
+
+    def export_hf(self, path: str) -> None:
+        """The policy into ``path`` and the critic into ``<path>_critic``, each with the tokenizer."""
+        super().export_hf(path)
+        critic_path = os.path.normpath(path) + "_critic"
+        os.makedirs(critic_path, exist_ok=True)
+        self.critic.save_pretrained(critic_path)
+        self.tokenizer.save_pretrained(critic_path)

@@ -1,0 +1,115 @@
+import lightning as L
+import pytest
+import torch
+
+from lit_rlhf.data import ArithmeticDataModule
+from lit_rlhf.models import build_word_tokenizer
+from lit_rlhf.models.tiny import build_tiny_llama
+from lit_rlhf.modules import PPOModule
+from lit_rlhf.rewards import ArithmeticVerifierReward
+from tests.conftest import TINY_MODEL_CONFIG
+
+PPO_METRICS = (
+    "objective/score",
+    "objective/kl",
+    "objective/entropy",
+    "objective/rlhf_reward",
+    "objective/non_score_reward",
+    "objective/kl_coef",
+    "policy/approxkl",
+    "policy/clipfrac",
+    "policy/entropy",
+    "loss/policy",
+    "loss/value",
+    "val/clipfrac",
+    "val/ratio",
+    "val/ratio_var",
+    "val/explained_variance",
+    "rollout/response_length",
+    "rollout/eos_rate",
+    "lr/actor",
+    "lr/critic",
+    "val/exact_match",
+    "val/graded_score",
+    "val/reward",
+    "val/eos_rate",
+)
+
+
+@pytest.fixture
+def policy_dir(tmp_path):
+    tokenizer = build_word_tokenizer()
+    path = str(tmp_path / "sft")
+    build_tiny_llama(tokenizer, TINY_MODEL_CONFIG).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make(tmp_path, policy_dir, iterations, **module_kwargs):
+    L.seed_everything(0)
+    module = PPOModule(
+        ArithmeticVerifierReward("graded_score"),
+        policy_name_or_path=policy_dir,
+        max_new_tokens=8,
+        ppo_epochs=2,
+        num_minibatches=2,
+        actor_learning_rate=1e-3,
+        critic_learning_rate=1e-3,
+        **module_kwargs,
+    )
+    data = ArithmeticDataModule(format="prompt", num_train=64, num_val=16, batch_size=8)
+    trainer = L.Trainer(
+        max_steps=iterations * 2 * 2 * 2,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=iterations,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
+    return module, data, trainer
+
+
+def test_a_few_iterations_change_actor_and_critic_but_not_the_reference(tmp_path, policy_dir):
+    module, data, trainer = make(tmp_path, policy_dir, iterations=3)
+    actor = {k: v.clone() for k, v in module.model.state_dict().items()}
+    critic = {k: v.clone() for k, v in module.critic.state_dict().items()}
+    reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    trainer.fit(module, data)
+    assert module.iteration == 3 and trainer.global_step == 3 * 8
+    assert all(not torch.equal(v, actor[k]) for k, v in module.model.state_dict().items() if "norm" not in k)
+    assert any(not torch.equal(v, critic[k]) for k, v in module.critic.state_dict().items())
+    assert all(torch.equal(v, reference[k]) for k, v in module.reference.state_dict().items())
+    for name in PPO_METRICS:
+        assert name in trainer.callback_metrics, name
+    assert not any(k.startswith("_frozen") or "reference" in k for k in module.state_dict())
+
+
+class Recorder(L.Callback):
+    def __init__(self):
+        self.values = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        metrics = trainer.callback_metrics
+        self.values[pl_module.iteration] = (metrics["loss/policy"].item(), metrics["objective/score"].item())
+
+
+def test_resume_continues_the_same_run(tmp_path, policy_dir):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    full = Recorder()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=16, save_top_k=-1, filename="{step}")
+    module, data, trainer = make(tmp_path / "a", policy_dir, iterations=4, adaptive_kl_target=1.0)
+    trainer.callbacks += [full, ckpt]
+    trainer.fit(module, data)
+
+    resumed = Recorder()
+    module, data, trainer = make(tmp_path / "b", policy_dir, iterations=4, adaptive_kl_target=1.0)
+    trainer.callbacks += [resumed]
+    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / "step=16.ckpt"))
+    assert sorted(resumed.values) == [3, 4]
+    for iteration, (loss, score) in resumed.values.items():
+        assert loss == pytest.approx(full.values[iteration][0], abs=1e-6), iteration
+        assert score == pytest.approx(full.values[iteration][1], abs=1e-6), iteration
+    assert module.kl_controller.value != 0.05  # the adaptive coefficient moved and was restored, not reset
