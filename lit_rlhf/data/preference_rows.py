@@ -10,16 +10,7 @@ from typing import Any, Literal
 from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.data.rows import DataError, RowSet, validate_text_rows
-from lit_rlhf.data.tokenization import (
-    OverlongPolicy,
-    TruncationReport,
-    check_lengths,
-    encode_prompt,
-    encode_response,
-    finish_report,
-    fit_to_length,
-    uses_chat_template,
-)
+from lit_rlhf.data.tokenization import TruncationReport, encode_rows
 
 log = logging.getLogger(__name__)
 
@@ -153,58 +144,19 @@ def _margin(row: dict[str, Any], field: str, where: str) -> float:
 
 
 def encode_preference_rows(
-    rowset: RowSet,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_length: int,
-    max_prompt_length: int | None = None,
-    overlong: OverlongPolicy = "truncate",
-    use_chat_template: bool | None = None,
-    system_prompt: str | None = None,
+    rowset: RowSet, tokenizer: PreTrainedTokenizerBase, **options: Any
 ) -> tuple[list[dict[str, Any]], TruncationReport]:
     """Tokenize prepared preference rows (see :func:`prepare_preference_rows`).
 
-    Each response gets EOS appended (the reward model scores the token that ends the response). A pair is
-    truncated, dropped or refused as a whole when its longer side does not fit.
-
-    Args:
-        rowset: prepared rows.
-        tokenizer: the reward model's tokenizer.
-        max_length: maximum prompt + response tokens for each side.
-        max_prompt_length: maximum prompt tokens (default ``max_length // 2``).
-        overlong: see :data:`~lit_rlhf.data.tokenization.OverlongPolicy`.
-        use_chat_template: wrap the prompt in the chat template (``None``: if the tokenizer has one).
-        system_prompt: optional system message.
+    :func:`~lit_rlhf.data.tokenization.encode_rows` with ``response_fields=("chosen", "rejected")``: each response
+    gets EOS appended (the reward model scores the token that ends the response), and a pair is truncated, dropped
+    or refused as a whole when its longer side does not fit. ``options`` are that function's.
 
     Returns:
         ``(examples, report)``: each example has ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``margin``
         (float or ``None``) and ``row``.
     """
-    max_prompt_length = check_lengths(rowset.dataset, max_length, max_prompt_length)
-    chat = uses_chat_template(tokenizer, use_chat_template)
-    report = TruncationReport(dataset=rowset.dataset, num_rows=len(rowset))
-    examples = []
-    for row, row_index in zip(rowset.rows, rowset.numbers):
-        fitted = fit_to_length(
-            encode_prompt(tokenizer, row["prompt"], chat, system_prompt),
-            [encode_response(tokenizer, row["chosen"]), encode_response(tokenizer, row["rejected"])],
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            overlong=overlong,
-            report=report,
-            row_index=row_index,
-        )
-        if fitted is None:
-            continue
-        prompt_ids, (chosen_ids, rejected_ids) = fitted
-        examples.append(
-            {
-                "prompt_ids": prompt_ids,
-                "chosen_ids": chosen_ids,
-                "rejected_ids": rejected_ids,
-                "margin": row.get("margin"),
-                "row": {**row, "row_index": row_index},
-            }
-        )
-    finish_report(examples, report, overlong)
+    examples, report = encode_rows(rowset, tokenizer, ("chosen", "rejected"), **options)
+    for example in examples:
+        example["margin"] = example["row"].get("margin")
     return examples, report

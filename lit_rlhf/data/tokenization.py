@@ -87,7 +87,8 @@ def fit_to_length(
 
     Args:
         prompt_ids: the prompt's ids.
-        responses: each response's ids (with EOS); each must fit with the prompt in ``max_length``.
+        responses: each response's ids (with EOS); each must fit with the prompt in ``max_length``. Empty for
+            prompt-only rows, where only ``max_prompt_length`` applies.
         max_length: maximum prompt + response tokens.
         max_prompt_length: maximum prompt tokens.
         overlong: see :data:`OverlongPolicy`.
@@ -100,7 +101,7 @@ def fit_to_length(
     Raises:
         DataError: under ``overlong="error"`` when the row does not fit.
     """
-    longest = max(len(r) for r in responses)
+    longest = max((len(r) for r in responses), default=0)
     prompt_long = len(prompt_ids) > max_prompt_length
     total_long = min(len(prompt_ids), max_prompt_length) + longest > max_length
     if not (prompt_long or total_long):
@@ -142,9 +143,10 @@ def finish_report(examples: list, report: TruncationReport, overlong: OverlongPo
         raise DataError(f"{report.dataset}: no rows left after applying overlong={overlong!r} ({report.summary()})")
 
 
-def encode_sft_rows(
+def encode_rows(
     rowset: RowSet,
     tokenizer: PreTrainedTokenizerBase,
+    response_fields: tuple[str, ...],
     *,
     max_length: int,
     max_prompt_length: int | None = None,
@@ -152,21 +154,24 @@ def encode_sft_rows(
     use_chat_template: bool | None = None,
     system_prompt: str | None = None,
 ) -> tuple[list[dict[str, Any]], TruncationReport]:
-    """Tokenize validated {prompt, response} rows.
+    """Tokenize validated rows: the prompt and each of ``response_fields`` (with EOS), under one length policy.
+
+    A row is truncated, dropped or refused as a whole when its prompt or its longest response does not fit.
 
     Args:
-        rowset: validated rows with string ``prompt`` and ``response`` (other fields are kept for verifiers and
-            sample tables).
-        tokenizer: the policy's tokenizer.
-        max_length: maximum prompt + response tokens.
+        rowset: validated rows with a string ``prompt`` and string ``response_fields`` (other fields are kept for
+            verifiers, reward functions and sample tables).
+        tokenizer: the model's tokenizer.
+        response_fields: ``("response",)`` for SFT, ``("chosen", "rejected")`` for pairs, ``()`` for prompts.
+        max_length: maximum prompt + response tokens (per response).
         max_prompt_length: maximum prompt tokens; ``None`` means ``max_length // 2``.
         overlong: policy for rows that do not fit (see :data:`OverlongPolicy`).
         use_chat_template: wrap the prompt in the tokenizer's chat template (``None``: if it has one).
         system_prompt: optional system message (chat) or preamble (plain text).
 
     Returns:
-        ``(examples, report)``: each example has ``prompt_ids``, ``response_ids`` and ``row`` (the original row
-        with its source number as ``row_index``); the report counts truncations and drops.
+        ``(examples, report)``: each example has ``prompt_ids``, ``<field>_ids`` for each response field and ``row``
+        (the original row with its source number as ``row_index``); the report counts truncations and drops.
 
     Raises:
         DataError: under ``overlong="error"``, for the first row that does not fit; or for a bad length setting.
@@ -178,7 +183,7 @@ def encode_sft_rows(
     for row, row_index in zip(rowset.rows, rowset.numbers):
         fitted = fit_to_length(
             encode_prompt(tokenizer, row["prompt"], chat, system_prompt),
-            [encode_response(tokenizer, row["response"])],
+            [encode_response(tokenizer, row[field]) for field in response_fields],
             max_length=max_length,
             max_prompt_length=max_prompt_length,
             overlong=overlong,
@@ -186,53 +191,20 @@ def encode_sft_rows(
             row_index=row_index,
         )
         if fitted is not None:
-            prompt_ids, (response_ids,) = fitted
-            examples.append(
-                {"prompt_ids": prompt_ids, "response_ids": response_ids, "row": {**row, "row_index": row_index}}
-            )
+            prompt_ids, responses = fitted
+            example: dict[str, Any] = {"prompt_ids": prompt_ids}
+            example.update({f"{field}_ids": ids for field, ids in zip(response_fields, responses)})
+            example["row"] = {**row, "row_index": row_index}
+            examples.append(example)
     finish_report(examples, report, overlong)
     return examples, report
 
 
-def encode_prompt_rows(
-    rowset: RowSet,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_prompt_length: int,
-    overlong: OverlongPolicy = "truncate",
-    use_chat_template: bool | None = None,
-    system_prompt: str | None = None,
+def encode_sft_rows(
+    rowset: RowSet, tokenizer: PreTrainedTokenizerBase, **options: Any
 ) -> tuple[list[dict[str, Any]], TruncationReport]:
-    """Tokenize validated prompt rows (for PPO and GRPO, which generate the responses).
+    """Tokenize validated {prompt, response} rows: :func:`encode_rows` with ``response_fields=("response",)``.
 
-    Args:
-        rowset: validated rows with a string ``prompt`` (other fields are kept for reward functions).
-        tokenizer: the policy's tokenizer.
-        max_prompt_length: most prompt tokens; longer prompts follow ``overlong`` (``truncate`` keeps the end).
-        overlong: see :data:`OverlongPolicy`.
-        use_chat_template: wrap the prompt in the tokenizer's chat template (``None``: if it has one).
-        system_prompt: optional system message (chat) or preamble (plain text).
-
-    Returns:
-        ``(examples, report)``: each example has ``prompt_ids`` and ``row``.
+    Examples have ``prompt_ids``, ``response_ids`` and ``row``; ``options`` are :func:`encode_rows`'s.
     """
-    chat = uses_chat_template(tokenizer, use_chat_template)
-    report = TruncationReport(dataset=rowset.dataset, num_rows=len(rowset))
-    examples = []
-    for row, row_index in zip(rowset.rows, rowset.numbers):
-        prompt_ids = encode_prompt(tokenizer, row["prompt"], chat, system_prompt)
-        if len(prompt_ids) > max_prompt_length:
-            if overlong == "error":
-                raise DataError(
-                    f"{rowset.dataset} row {row_index}: prompt has {len(prompt_ids)} tokens > max_prompt_length "
-                    f"{max_prompt_length} (set overlong: truncate or drop to continue)"
-                )
-            report.note(row_index)
-            if overlong == "drop":
-                report.dropped += 1
-                continue
-            report.prompt_truncated += 1
-            prompt_ids = prompt_ids[-max_prompt_length:]
-        examples.append({"prompt_ids": prompt_ids, "row": {**row, "row_index": row_index}})
-    finish_report(examples, report, overlong)
-    return examples, report
+    return encode_rows(rowset, tokenizer, ("response",), **options)

@@ -14,8 +14,7 @@ from lit_rlhf.data.rows import RowSet, validate_text_rows
 from lit_rlhf.data.tokenization import (
     OverlongPolicy,
     TruncationReport,
-    check_lengths,
-    encode_prompt_rows,
+    encode_rows,
     encode_sft_rows,
 )
 
@@ -104,15 +103,7 @@ class TokenizedRowsDataModule(RLHFDataModule):
             return encode_sft_rows(rowset, tokenizer, **options)
         if self.row_format == "prompt":
             validate_text_rows(rowset, ("prompt",))
-            max_prompt_length = check_lengths(rowset.dataset, self.max_length, self.max_prompt_length)
-            return encode_prompt_rows(
-                rowset,
-                tokenizer,
-                max_prompt_length=max_prompt_length,
-                overlong=self.overlong,
-                use_chat_template=self.use_chat_template,
-                system_prompt=self.system_prompt,
-            )
+            return encode_rows(rowset, tokenizer, (), **options)
         rowset, num_identical = prepare_preference_rows(
             rowset,
             implicit_prompt=self.implicit_prompt,

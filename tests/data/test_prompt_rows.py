@@ -1,7 +1,7 @@
 import pytest
 
 from lit_rlhf.data import ArithmeticDataModule, DataError, RowSet
-from lit_rlhf.data.tokenization import encode_prompt_rows
+from lit_rlhf.data.tokenization import encode_rows
 
 
 def test_prompt_format_serves_left_padded_prompts_with_their_rows(word_tokenizer):
@@ -23,8 +23,8 @@ def test_prompt_format_serves_left_padded_prompts_with_their_rows(word_tokenizer
 def test_prompts_longer_than_the_context_follow_the_policy(word_tokenizer):
     rows = RowSet.numbered("prompts.jsonl", [{"prompt": "make a series"}, {"prompt": " ".join(["series"] * 20)}], 1)
     with pytest.raises(DataError, match=r"prompts.jsonl row 2: prompt has 20 tokens > max_prompt_length 8"):
-        encode_prompt_rows(rows, word_tokenizer, max_prompt_length=8, overlong="error")
-    examples, report = encode_prompt_rows(rows, word_tokenizer, max_prompt_length=8, overlong="truncate")
+        encode_rows(rows, word_tokenizer, (), max_length=16, max_prompt_length=8, overlong="error")
+    examples, report = encode_rows(rows, word_tokenizer, (), max_length=16, max_prompt_length=8)
     assert len(examples[1]["prompt_ids"]) == 8 and report.prompt_truncated == 1
-    examples, report = encode_prompt_rows(rows, word_tokenizer, max_prompt_length=8, overlong="drop")
+    examples, report = encode_rows(rows, word_tokenizer, (), max_length=16, max_prompt_length=8, overlong="drop")
     assert [ex["row"]["row_index"] for ex in examples] == [1] and report.dropped == 1
