@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.common import machine_line, timed_fit  # noqa: E402
 from tests.helpers import read_events  # noqa: E402
 
 METRICS = ("val/accuracy", "val/accuracy/synthetic", "val/accuracy/near_miss", "val/accuracy/exact_vs_wrong")
@@ -31,28 +29,7 @@ METRICS = ("val/accuracy", "val/accuracy/synthetic", "val/accuracy/near_miss", "
 
 def one_run(config: str, extra: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "train.py",
-                "fit",
-                "--config",
-                config,
-                "--trainer.logger.init_args.save_dir",
-                tmp,
-                "--data.init_args.pairs_cache_dir",
-                os.path.join(tmp, "pairs"),
-                "--trainer.enable_progress_bar",
-                "false",
-                *extra,
-            ],
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wall = time.perf_counter() - start
+        wall = timed_fit(config, tmp, "--data.init_args.pairs_cache_dir", os.path.join(tmp, "pairs"), *extra)
         scalars, _ = read_events(os.path.join(tmp, "arithmetic", "reward"))
         result = {"wall_s": wall, "steps": scalars["train/loss"][-1][0] + 1}
         for name in METRICS:
@@ -71,12 +48,7 @@ def main() -> None:
         sys.exit(
             "runs/arithmetic/sft/hf is missing: run python train.py fit --config configs/arithmetic/sft.yaml first"
         )
-    import torch
-
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        f", {torch.get_num_threads()} threads"
-    )
+    print(machine_line())
     results = []
     for i in range(args.runs):
         results.append(one_run(args.config, args.extra))

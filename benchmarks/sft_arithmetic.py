@@ -12,40 +12,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.common import machine_line, timed_fit  # noqa: E402
 from tests.helpers import read_events  # noqa: E402
 
 
 def one_run(config: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "train.py",
-                "fit",
-                "--config",
-                config,
-                "--trainer.logger.init_args.save_dir",
-                tmp,
-                "--trainer.enable_progress_bar",
-                "false",
-            ],
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wall = time.perf_counter() - start
+        wall = timed_fit(config, tmp)
         run_dir = os.path.join(tmp, "arithmetic", "sft")
         scalars, _ = read_events(run_dir)
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -66,12 +46,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--config", default="configs/arithmetic/sft.yaml")
     args = parser.parse_args()
-    import torch
-
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        f", {torch.get_num_threads()} threads"
-    )
+    print(machine_line())
     results = []
     for i in range(args.runs):
         results.append(one_run(args.config))

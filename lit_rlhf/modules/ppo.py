@@ -216,21 +216,13 @@ class PPOModule(RLHFModule):
                 policy_loss, policy_stats = ppo_policy_loss(
                     logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.clip_range
                 )
-                actor_opt.zero_grad()
-                self.manual_backward(policy_loss)
-                self.clip_gradients(actor_opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-                actor_opt.step()
-                actor_sched.step()
+                self._step(actor_opt, actor_sched, policy_loss)
 
                 values = response_values(self.critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
                 value_loss, value_stats = ppo_value_loss(
                     values, mb.values, mb.returns, mb.response_mask, hp.clip_range_value
                 )
-                critic_opt.zero_grad()
-                self.manual_backward(value_loss)
-                self.clip_gradients(critic_opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-                critic_opt.step()
-                critic_sched.step()
+                self._step(critic_opt, critic_sched, value_loss)
 
                 entropy = masked_mean(-logprobs.detach(), mb.response_mask)
                 for name, value in (
@@ -256,6 +248,15 @@ class PPOModule(RLHFModule):
         self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
         self.log("score", stats["objective/score"], prog_bar=True, batch_size=size, logger=False)
         self.log("kl", stats["objective/kl"], prog_bar=True, batch_size=size, logger=False)
+
+    def _step(self, optimizer: Any, scheduler: Any, loss: torch.Tensor) -> None:
+        """One manual optimizer step: backward, gradient clipping (skipped by Lightning under manual optimization),
+        step, and the scheduler step."""
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler.step()
 
     # -- validation: greedy answers, gold metrics next to the reward ----------------------------------------------
 
