@@ -11,6 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lit_rlhf.functional.logprobs import logprobs_from_logits
+from lit_rlhf.functional.ppo import entropy_from_logits
 from lit_rlhf.models.scoring import token_scores
 
 
@@ -35,7 +36,8 @@ def response_logprobs(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     temperature: float = 1.0,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the response tokens under ``model`` (with grad if enabled by the caller).
 
     Args:
@@ -46,9 +48,11 @@ def response_logprobs(
         response_mask: ``(batch, response_len)`` bool, true up to and including the first EOS.
         temperature: the sampling temperature; logits are divided by it, so the log-probabilities are those of the
             distribution the responses were sampled from.
+        with_entropy: also return the entropy of each position's (tempered) distribution, without grad.
 
     Returns:
-        ``(batch, response_len)`` float32 log-probabilities, 0 on response padding.
+        ``(batch, response_len)`` float32 log-probabilities, 0 on response padding; with ``with_entropy`` a pair
+        ``(logprobs, entropy)``, both that shape.
     """
     ids, mask = join(prompt_ids, prompt_mask, response_ids, response_mask)
     logits = model(
@@ -57,7 +61,13 @@ def response_logprobs(
     start = prompt_ids.size(1) - 1  # logits at t predict token t + 1
     logits = logits[:, start:-1] / temperature
     logprobs = logprobs_from_logits(logits, response_ids)
-    return torch.where(response_mask.bool(), logprobs, torch.zeros_like(logprobs))
+    real = response_mask.bool()
+    logprobs = torch.where(real, logprobs, torch.zeros_like(logprobs))
+    if not with_entropy:
+        return logprobs
+    with torch.no_grad():
+        entropy = torch.where(real, entropy_from_logits(logits), torch.zeros_like(logprobs))
+    return logprobs, entropy
 
 
 def response_values(

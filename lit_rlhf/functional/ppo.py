@@ -78,8 +78,8 @@ def per_token_rewards(
 def masked_mean_var(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean, unbiased (Bessel-corrected) variance and count of ``values`` over the positions where ``mask`` is true.
 
-    To combine the statistics of several ranks, all-reduce (sum) ``count``, ``mean * count`` and the sum of
-    squares ``var * (count - 1) + mean**2 * count``; then ``mean = S1 / N`` and ``var = (S2 - N * mean**2) / (N - 1)``.
+    To combine the statistics of several ranks, all-reduce (sum) :func:`mean_var_to_sums` of each and read the
+    total with :func:`mean_var_from_sums`.
 
     Args:
         values: any shape, e.g. ``(batch, response_len)``.
@@ -95,6 +95,26 @@ def masked_mean_var(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     sum_sq = masked_sum((values - mean) ** 2, mask)
     var = torch.where(count > 1, sum_sq / (count - 1).clamp(min=1), torch.zeros_like(sum_sq))
     return mean, var, count
+
+
+def mean_var_to_sums(mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``(3,)`` tensor ``[count, sum, sum of squares]`` from the output of :func:`masked_mean_var`.
+
+    Sums add up across ranks (all-reduce with sum); :func:`mean_var_from_sums` turns the total back into the
+    statistics of the whole batch.
+    """
+    return torch.stack([count, mean * count, var * (count - 1).clamp(min=0) + mean**2 * count])
+
+
+def mean_var_from_sums(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance from a ``(3,)`` ``[count, sum, sum of squares]`` (see :func:`mean_var_to_sums`).
+
+    With no element the mean is 0; with fewer than two the variance is 0.
+    """
+    count, total, total_sq = sums.unbind()
+    mean = total / count.clamp(min=1)
+    var = torch.where(count > 1, (total_sq - count * mean**2) / (count - 1).clamp(min=1), torch.zeros_like(mean))
+    return mean, var.clamp(min=0)
 
 
 def masked_whiten(

@@ -30,6 +30,7 @@ def load_reward_model(
     config_overrides: dict[str, Any] | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    zero_head: bool = False,
 ) -> PreTrainedModel:
     """Load a reward (or value) model with a single output, initialising the head if the checkpoint has none.
 
@@ -44,6 +45,8 @@ def load_reward_model(
             ``from_pretrained``.
         dtype: ``float32``, ``bfloat16`` or ``float16`` weights; ``None`` keeps float32.
         trust_remote_code: passed to ``from_pretrained``.
+        zero_head: a new head starts at exactly zero (a PPO critic then predicts 0 until it has learned, instead
+            of random values that would be taken as advantages); by default small random weights.
 
     Returns:
         The model (``config.num_labels == 1``, ``config.pad_token_id`` set) in train mode.
@@ -74,9 +77,12 @@ def load_reward_model(
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load {name_or_path!r} as a sequence-classification model: {err}") from err
         if not is_classifier:
-            # A fresh head: zero bias and small weights, so every initial score is near 0.
+            # A fresh head: zero bias and small (or zero) weights, so every initial score is near 0.
             head = score_head(model)
-            torch.nn.init.normal_(head.weight, std=1.0 / (model.config.hidden_size + 1) ** 0.5)
+            if zero_head:
+                torch.nn.init.zeros_(head.weight)
+            else:
+                torch.nn.init.normal_(head.weight, std=1.0 / (model.config.hidden_size + 1) ** 0.5)
             if head.bias is not None:
                 torch.nn.init.zeros_(head.bias)
     if dtype is not None:

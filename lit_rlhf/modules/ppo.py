@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.masking import masked_mean
-from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
+from lit_rlhf.functional.ppo import (
+    gae,
+    masked_mean_var,
+    masked_whiten,
+    mean_var_from_sums,
+    mean_var_to_sums,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate, generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
@@ -73,6 +85,8 @@ class PPOModule(RLHFModule):
         whiten_advantages: whiten advantages over the batch.
         clip_range, clip_range_value: PPO clipping of the ratio and of the value change.
         ppo_epochs, num_minibatches: passes over each rollout batch and minibatches per pass.
+        gradient_accumulation_steps: micro-batches per minibatch, each forward and backward on its own to bound
+            memory; their gradients add up to the whole minibatch's before its one optimizer step.
         max_grad_norm: gradient clipping norm of each optimizer step.
         num_logged_samples: rows of the validation sample table.
     """
@@ -107,10 +121,16 @@ class PPOModule(RLHFModule):
         clip_range_value: float = 0.2,
         ppo_epochs: int = 4,
         num_minibatches: int = 1,
+        gradient_accumulation_steps: int = 1,
         max_grad_norm: float = 1.0,
         num_logged_samples: int = 8,
     ) -> None:
         super().__init__()
+        if ppo_epochs < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
+            raise ValueError(
+                "ppo_epochs, num_minibatches and gradient_accumulation_steps must be >= 1; got "
+                f"{ppo_epochs}, {num_minibatches}, {gradient_accumulation_steps}"
+            )
         self.save_hyperparameters(ignore=["reward"])
         self.automatic_optimization = False
         self.reward = reward
@@ -120,7 +140,7 @@ class PPOModule(RLHFModule):
         reference.requires_grad_(False)
         self._frozen = {"reference": reference}  # a plain dict: not a submodule, so not in the checkpoint
         self.critic = load_reward_model(
-            critic_name_or_path or policy_name_or_path, self.tokenizer, config_overrides=model_config
+            critic_name_or_path or policy_name_or_path, self.tokenizer, config_overrides=model_config, zero_head=True
         )
         self.kl_controller = (
             AdaptiveKLController(kl_coef, adaptive_kl_target, adaptive_kl_horizon)
@@ -162,6 +182,14 @@ class PPOModule(RLHFModule):
             top_p=hp.top_p,
         )
         response_ids, response_mask = generation.response_ids, generation.response_mask
+        if not bool(generation.has_eos.any()):
+            warnings.warn(
+                f"Every response of this rollout batch ({len(generation.has_eos)} samples) reached max_new_tokens="
+                f"{hp.max_new_tokens} without EOS; training goes on (missing_eos_penalty="
+                f"{hp.missing_eos_penalty} applies to each). Raise max_new_tokens if this persists.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         rows = batch["rows"]
         completions = decode_responses(self.tokenizer, generation)
         scores = self.reward([r["prompt"] for r in rows], completions, rows, generation.has_eos.tolist())
@@ -180,7 +208,8 @@ class PPOModule(RLHFModule):
         rewards, non_score = per_token_rewards(scores, kl, self.kl_controller.value, response_mask)
         advantages, returns = gae(rewards, values, response_mask, hp.gamma, hp.lam)
         if hp.whiten_advantages:
-            advantages = masked_whiten(advantages, response_mask)
+            mean, var = self._global_mean_var(advantages, response_mask)
+            advantages = masked_whiten(advantages, response_mask, mean=mean, var=var)
         sequence_kl = kl.sum(dim=1)
         stats = {
             "objective/score": scores.mean(),
@@ -194,7 +223,7 @@ class PPOModule(RLHFModule):
         experience = Rollout(
             prompt_ids, prompt_mask, response_ids, response_mask, logprobs, values, advantages, returns
         )
-        return experience, stats
+        return experience, self._mean_over_ranks(stats)
 
     # -- 5: PPO epochs over minibatches -----------------------------------------------------------------------------
 
@@ -209,54 +238,133 @@ class PPOModule(RLHFModule):
         for _ in range(hp.ppo_epochs):
             order = torch.randperm(size, device=self.device)
             for minibatch in order.chunk(hp.num_minibatches):
-                mb = Rollout(*(t[minibatch] for t in experience))
-                logprobs = response_logprobs(
-                    self.model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask, hp.temperature
-                )
-                policy_loss, policy_stats = ppo_policy_loss(
-                    logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.clip_range
-                )
-                self._step(actor_opt, actor_sched, policy_loss)
-
-                values = response_values(self.critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
-                value_loss, value_stats = ppo_value_loss(
-                    values, mb.values, mb.returns, mb.response_mask, hp.clip_range_value
-                )
-                self._step(critic_opt, critic_sched, value_loss)
-
-                entropy = masked_mean(-logprobs.detach(), mb.response_mask)
-                for name, value in (
-                    ("loss/policy", policy_loss),
-                    ("loss/value", value_loss),
-                    ("policy/approxkl", policy_stats.approxkl),
-                    ("policy/clipfrac", policy_stats.clipfrac),
-                    ("policy/entropy", entropy),
-                    ("val/clipfrac", value_stats.clipfrac),
-                    ("val/ratio", policy_stats.ratio_mean),
-                    ("val/ratio_var", policy_stats.ratio_var),
-                    ("val/explained_variance", value_stats.explained_variance),
-                ):
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                micro_batches = [
+                    Rollout(*(t[micro] for t in experience))
+                    for micro in minibatch.chunk(hp.gradient_accumulation_steps)
+                ]
+                minibatch_stats = {
+                    **self._update(actor_opt, actor_sched, self.model, micro_batches, self._policy_loss),
+                    **self._update(critic_opt, critic_sched, self.critic, micro_batches, self._value_loss),
+                }
+                for name, value in minibatch_stats.items():
+                    sums[name] = sums.get(name, 0.0) + value
                 updates += 1
-        self.kl_controller.update(float(stats["objective/kl"]), size)
+        update_stats = self._mean_over_ranks({k: torch.tensor(v / updates) for k, v in sums.items()})
+        self.kl_controller.update(float(stats["objective/kl"]), size * self.trainer.world_size)
         self.iteration += 1
-        logged = {**stats, **{k: v / updates for k, v in sums.items()}}
+        logged = {**stats, **update_stats}
         logged["objective/kl_coef"] = self.kl_controller.value
         logged["lr/actor"] = actor_opt.param_groups[0]["lr"]
         logged["lr/critic"] = critic_opt.param_groups[0]["lr"]
         logged["iteration"] = self.iteration
+        # Already averaged over ranks above (one collective per iteration), so no sync_dist here.
         self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
         self.log("score", stats["objective/score"], prog_bar=True, batch_size=size, logger=False)
         self.log("kl", stats["objective/kl"], prog_bar=True, batch_size=size, logger=False)
 
-    def _step(self, optimizer: Any, scheduler: Any, loss: torch.Tensor) -> None:
-        """One manual optimizer step: backward, gradient clipping (skipped by Lightning under manual optimization),
-        step, and the scheduler step."""
+    def _policy_loss(self, mb: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logprobs, entropy = response_logprobs(
+            self.model,
+            mb.prompt_ids,
+            mb.prompt_mask,
+            mb.response_ids,
+            mb.response_mask,
+            self.hparams.temperature,
+            with_entropy=True,
+        )
+        loss, stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask, self.hparams.clip_range)
+        return loss, {
+            "loss/policy": loss,
+            "policy/approxkl": stats.approxkl,
+            "policy/clipfrac": stats.clipfrac,
+            "policy/entropy": masked_mean(entropy, mb.response_mask),
+            "val/ratio": stats.ratio_mean,
+            "val/ratio_var": stats.ratio_var,
+        }
+
+    def _value_loss(self, mb: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        values = response_values(self.critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+        loss, stats = ppo_value_loss(values, mb.values, mb.returns, mb.response_mask, self.hparams.clip_range_value)
+        return loss, {
+            "loss/value": loss,
+            "val/clipfrac": stats.clipfrac,
+            "val/explained_variance": stats.explained_variance,
+        }
+
+    def _update(
+        self,
+        optimizer: Any,
+        scheduler: Any,
+        module: torch.nn.Module,
+        micro_batches: list[Rollout],
+        loss_fn: Callable[[Rollout], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    ) -> dict[str, float]:
+        """One optimizer step over a minibatch.
+
+        Backward of each micro-batch (gradients summed, each loss weighted by its share of the minibatch's tokens),
+        gradients averaged over ranks, clipped (Lightning skips clipping under manual optimization), then the
+        optimizer and scheduler steps. Returns the token-weighted mean of each statistic over the micro-batches.
+        """
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        stats: dict[str, float] = {}
+        tokens = sum(mb.response_mask.sum() for mb in micro_batches)
+        with self._no_backward_sync():
+            for mb in micro_batches:
+                # Each loss is a mean over its micro-batch's tokens; weighting by its share of the minibatch's tokens
+                # makes the summed gradient that of the whole minibatch's token mean, as without accumulation.
+                weight = float(mb.response_mask.sum() / tokens)
+                loss, mb_stats = loss_fn(mb)
+                self.manual_backward(loss * weight)
+                for name, value in mb_stats.items():
+                    stats[name] = stats.get(name, 0.0) + float(value.detach()) * weight
+        self._average_gradients(module)
         self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         scheduler.step()
+        return stats
+
+    # -- data parallelism: each rank rolls out its own prompts; gradients and statistics are averaged ---------------
+
+    @contextlib.contextmanager
+    def _no_backward_sync(self) -> Iterator[None]:
+        """Keep DDP's reducer out of the backward passes: actor and critic are stepped separately, several times per
+        training step, which DDP's one-backward-per-forward bookkeeping cannot follow; :meth:`_average_gradients`
+        synchronises instead, once per optimizer step and only for the model being stepped."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        if self.trainer.world_size > 1 and block is not None:
+            with block():
+                yield
+        else:
+            yield
+
+    def _average_gradients(self, module: torch.nn.Module) -> None:
+        if self.trainer.world_size <= 1:
+            return
+        params = [p for p in module.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            grad.copy_(synced)
+
+    def _global_mean_var(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked mean and unbiased variance over the tokens of every rank (the recipe of ``masked_mean_var``)."""
+        mean, var, count = masked_mean_var(values, mask)
+        if self.trainer.world_size <= 1:
+            return mean, var
+        sums = self.trainer.strategy.reduce(mean_var_to_sums(mean, var, count), reduce_op="sum")
+        return mean_var_from_sums(sums)
+
+    def _mean_over_ranks(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every scalar averaged over ranks in one collective (ranks hold equal batch sizes)."""
+        if self.trainer.world_size <= 1 or not stats:
+            return stats
+        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in stats.values()])
+        stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
+        return dict(zip(stats, stacked.unbind()))
 
     # -- validation: greedy answers, gold metrics next to the reward ----------------------------------------------
 

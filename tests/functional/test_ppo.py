@@ -8,6 +8,8 @@ from lit_rlhf.functional.ppo import (
     gae,
     masked_mean_var,
     masked_whiten,
+    mean_var_from_sums,
+    mean_var_to_sums,
     per_token_rewards,
     ppo_policy_loss,
     ppo_value_loss,
@@ -112,13 +114,14 @@ def test_masked_mean_var_by_hand():
 def test_masked_mean_var_combines_across_ranks_as_documented():
     # Rank 0 holds row 0 (1, 2, 3), rank 1 holds row 1 (4); summing count, mean*count and the sum of squares
     # must give the statistics of the whole batch.
-    parts = [masked_mean_var(WHITEN_VALUES[i : i + 1], WHITEN_MASK[i : i + 1]) for i in range(2)]
-    n = sum(c for _, _, c in parts)
-    s1 = sum(m * c for m, _, c in parts)
-    s2 = sum(v * (c - 1) + m**2 * c for m, v, c in parts)
-    mean = s1 / n
-    var = (s2 - n * mean**2) / (n - 1)
+    parts = [mean_var_to_sums(*masked_mean_var(WHITEN_VALUES[i : i + 1], WHITEN_MASK[i : i + 1])) for i in range(2)]
+    assert parts[1].tolist() == [1.0, 4.0, 16.0]  # a rank with one element: count 1, sum 4, sum of squares 16
+    mean, var = mean_var_from_sums(parts[0] + parts[1])
     assert math.isclose(mean.item(), 2.5, rel_tol=1e-6) and math.isclose(var.item(), 5.0 / 3.0, rel_tol=1e-6)
+    # A rank with no element adds nothing; the total of nothing is mean 0, variance 0.
+    empty = mean_var_to_sums(*masked_mean_var(WHITEN_VALUES, torch.zeros_like(WHITEN_MASK)))
+    assert torch.equal(mean_var_from_sums(parts[0] + parts[1] + empty)[0], mean)
+    assert [t.item() for t in mean_var_from_sums(empty)] == [0.0, 0.0]
 
 
 def test_masked_whiten_by_hand():

@@ -113,3 +113,25 @@ def test_resume_continues_the_same_run(tmp_path, policy_dir):
         assert loss == pytest.approx(full.values[iteration][0], abs=1e-6), iteration
         assert score == pytest.approx(full.values[iteration][1], abs=1e-6), iteration
     assert module.kl_controller.value != 0.05  # the adaptive coefficient moved and was restored, not reset
+
+
+def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir):
+    weights = []
+    for steps in (1, 2):
+        module, data, trainer = make(tmp_path / str(steps), policy_dir, iterations=1, gradient_accumulation_steps=steps)
+        trainer.fit(module, data)
+        weights.append({k: v.clone() for k, v in module.model.state_dict().items()})
+    moved = 0
+    for name, value in weights[0].items():
+        assert torch.allclose(value, weights[1][name], atol=1e-5), name
+        moved += int(not torch.equal(value, weights[1][name]))
+    assert moved > 0  # not trivially equal: the two runs summed their gradients in a different order
+
+
+def test_a_rollout_where_every_sample_is_truncated_warns_and_trains_on(tmp_path, policy_dir):
+    module, data, trainer = make(tmp_path, policy_dir, iterations=1)
+    module.hparams.max_new_tokens = 1  # the untrained tiny policy never says EOS first
+    with pytest.warns(RuntimeWarning, match="reached max_new_tokens=1 without EOS"):
+        trainer.fit(module, data)
+    assert module.iteration == 1
+    assert trainer.callback_metrics["rollout/eos_rate"] == 0.0

@@ -1,0 +1,38 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lit_rlhf.models import build_word_tokenizer
+from lit_rlhf.models.tiny import build_tiny_llama
+from tests.conftest import TINY_MODEL_CONFIG
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_ppo_run.py")
+
+
+def test_ppo_under_two_process_ddp_keeps_ranks_in_step(tmp_path):
+    tokenizer = build_word_tokenizer()
+    policy = str(tmp_path / "sft")
+    build_tiny_llama(tokenizer, TINY_MODEL_CONFIG).save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, SCRIPT, policy, str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["iteration"] for r in ranks] == [3, 3]
+    # Gradients are averaged before every step of both optimizers: the two replicas stay identical.
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    # Rollout statistics are averaged over ranks before the adaptive KL controller sees them and before logging.
+    assert ranks[0]["kl_coef"] == ranks[1]["kl_coef"]
+    for name in ("objective/score", "objective/kl", "loss/policy", "loss/value", "val/exact_match", "val/reward"):
+        assert ranks[0]["metrics"][name] == pytest.approx(ranks[1]["metrics"][name], abs=1e-6), name
+    # Advantages are whitened over both ranks' tokens: each rank's own mean is off zero, the global mean is zero.
+    for (sum0, n0), (sum1, n1) in zip(ranks[0]["advantage_sums"], ranks[1]["advantage_sums"]):
+        assert abs(sum0 / n0) > 1e-3 and abs(sum1 / n1) > 1e-3
+        assert (sum0 + sum1) / (n0 + n1) == pytest.approx(0.0, abs=1e-5)
