@@ -218,3 +218,44 @@ def test_any_hf_model_as_reward_model_with_the_generic_preference_datamodule(tmp
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "hf")
     assert tokenizer.pad_token == "<|pad|>" and exported.config.pad_token_id == tokenizer.pad_token_id
     assert exported.config.reward_normalization["num_responses"] > 0
+
+
+PPO_CONFIG = os.path.join(ROOT, "configs", "arithmetic", "ppo.yaml")
+
+
+def test_ppo_stage_reads_sft_and_reward_exports_and_resumes(tmp_path):
+    runs = tmp_path / "runs" / "arithmetic"
+    cli_main(tiny_cli_args(SFT_CONFIG, str(runs / "sft"), max_steps=3))
+    sft_hf = str(runs / "sft" / "hf")
+    reward_args = tiny_cli_args(REWARD_CONFIG, str(runs / "reward"), max_steps=3)
+    reward_args += ["--model.init_args.model_name_or_path", sft_hf, "--data.init_args.pairs", "synthetic"]
+    cli_main(reward_args)
+    reward_hf = str(runs / "reward" / "hf")
+
+    run_dir = str(runs / "ppo")
+    # One PPO iteration is ppo_epochs (2) x num_minibatches (2) x 2 optimizers = 8 optimizer steps.
+    args = tiny_cli_args(PPO_CONFIG, run_dir, max_steps=24)
+    args += [
+        "--model.init_args.policy_name_or_path",
+        sft_hf,
+        "--model.init_args.critic_name_or_path",
+        reward_hf,
+        "--model.init_args.reward.init_args.model_name_or_path",
+        reward_hf,
+        "--model.init_args.max_new_tokens",
+        "8",
+    ]
+    cli = cli_main(args)
+    assert cli.trainer.global_step == 24 and cli.model.iteration == 3
+    scalars, texts = read_events(run_dir)
+    for tag in ("objective/score", "objective/kl", "policy/entropy", "loss/value", "val/exact_match", "val/reward"):
+        assert tag in scalars, tag
+    assert [s for s, _ in scalars["objective/kl"]] == [0, 1, 2]
+    assert any("| prompt | greedy response | reward |" in t for t in texts["samples/val/text_summary"])
+    for name in ("hf/model.safetensors", "hf/tokenizer.json", "hf_critic/model.safetensors", "config.yaml"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+
+    args[args.index("--trainer.max_steps") + 1] = "40"  # the same command, continued to iteration 5
+    resumed = cli_main(args + ["--ckpt_path", os.path.join(run_dir, "checkpoints", "last.ckpt")])
+    assert resumed.trainer.global_step == 40 and resumed.model.iteration == 5
+    assert sorted(s for s, _ in read_events(run_dir)[0]["objective/kl"]) == [0, 1, 2, 3, 4]
