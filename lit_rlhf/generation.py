@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import mask_after_eos
 
 
@@ -17,11 +18,14 @@ class Generation(NamedTuple):
         response_ids: ``(batch, response_len)`` generated ids; positions after the first EOS hold the pad id.
         response_mask: ``(batch, response_len)`` bool, true up to and including the first EOS.
         has_eos: ``(batch,)`` bool, whether the response ended with EOS (false: cut by ``max_new_tokens``).
+        logprobs: ``(batch, response_len)`` float32 log-probabilities of the generated tokens under the
+            temperature-scaled distribution of the sampling pass (0 on padding), if asked for; else ``None``.
     """
 
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     has_eos: torch.Tensor
+    logprobs: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -37,6 +41,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    return_logprobs: bool = False,
 ) -> Generation:
     """Generate responses in eval mode (dropout off), restoring the model's train/eval mode afterwards.
 
@@ -51,6 +56,9 @@ def generate(
         pad_token_id: id written after EOS.
         do_sample: sample (``True``) or greedy (``False``).
         temperature, top_k, top_p: sampling parameters (``top_k=0`` and ``top_p=1`` disable those filters).
+        return_logprobs: also return the log-probabilities of the generated tokens, read from the sampling pass's
+            own logits (``log_softmax(logits / temperature)``, before top-k/top-p filtering, as a teacher-forced
+            pass computes them), which saves a forward pass over the batch.
 
     Returns:
         :class:`Generation` with the response part only.
@@ -70,17 +78,27 @@ def generate(
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             use_cache=True,
+            return_dict_in_generate=True,
+            output_logits=return_logprobs,
             **sampling,
         )
     finally:
         model.train(was_training)
-    response = output[:, prompt_ids.size(1) :]
-    if response.size(1) == 0:
+    response = output.sequences[:, prompt_ids.size(1) :]
+    empty = response.size(1) == 0
+    if empty:
         response = torch.full((prompt_ids.size(0), 1), pad_token_id, dtype=torch.long, device=prompt_ids.device)
     mask = mask_after_eos(response, eos_token_id)
     has_eos = ((response == eos_token_id) & mask).any(dim=1)
     response = torch.where(mask, response, torch.full_like(response, pad_token_id))
-    return Generation(response_ids=response, response_mask=mask, has_eos=has_eos)
+    logprobs = None
+    if return_logprobs:
+        if empty:
+            logprobs = torch.zeros(response.shape, device=response.device)
+        else:
+            logits = torch.stack(output.logits, dim=1) / (temperature if do_sample else 1.0)
+            logprobs = torch.where(mask, logprobs_from_logits(logits, response), torch.zeros((), device=mask.device))
+    return Generation(response_ids=response, response_mask=mask, has_eos=has_eos, logprobs=logprobs)
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, generation: Generation) -> list[str]:

@@ -3,8 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lit_rlhf.data.collate import pad_left
-from lit_rlhf.functional.logprobs import logprobs_from_logits
-from lit_rlhf.functional.masking import mask_after_eos
+from lit_rlhf.generation import generate
 from lit_rlhf.models import build_word_tokenizer, load_tokenizer
 from lit_rlhf.models.scoring import load_reward_model, token_scores
 from lit_rlhf.models.tiny import build_tiny_llama
@@ -20,25 +19,20 @@ def test_position_ids_count_from_the_first_real_token():
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2, 2], [0, 1, 2, 3, 4, 5]]
 
 
-def sample_with_logits(model, tokenizer, temperature):
+def sample_with_logprobs(model, tokenizer, temperature):
     ids, mask = pad_left([tokenizer(p)["input_ids"] for p in PROMPTS], tokenizer.pad_token_id)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
+    generation = generate(
+        model,
+        ids,
+        mask,
         max_new_tokens=6,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         do_sample=True,
         temperature=temperature,
-        top_k=0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        output_logits=True,
-        return_dict_in_generate=True,
+        return_logprobs=True,  # read from the sampling pass's logits, divided by the temperature
     )
-    response = out.sequences[:, ids.size(1) :]
-    response_mask = mask_after_eos(response, tokenizer.eos_token_id)
-    logits = torch.stack(out.logits, dim=1) / temperature  # raw logits of each step, before the temperature
-    expected = torch.where(response_mask, logprobs_from_logits(logits, response), torch.zeros(()))
-    return ids, mask, response, response_mask, expected
+    return ids, mask, generation.response_ids, generation.response_mask, generation.logprobs
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])  # rotary positions, and learned absolute positions
@@ -52,10 +46,11 @@ def test_forward_logprobs_equal_the_sampling_pass_under_left_padding(kind, tmp_p
         model = AutoModelForCausalLM.from_pretrained(path)
     model.eval()
     torch.manual_seed(0)
-    ids, mask, response, response_mask, expected = sample_with_logits(model, tokenizer, temperature=0.7)
+    ids, mask, response, response_mask, expected = sample_with_logprobs(model, tokenizer, temperature=0.7)
     with torch.no_grad():
         got = response_logprobs(model, ids, mask, response, response_mask, temperature=0.7)
-    assert got.shape == response.shape
+    assert got.shape == response.shape and bool((expected[response_mask] < 0).all())
+    assert bool((expected[~response_mask] == 0).all())
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 

@@ -180,6 +180,7 @@ class PPOModule(RLHFModule):
             temperature=hp.temperature,
             top_k=hp.top_k,
             top_p=hp.top_p,
+            return_logprobs=True,
         )
         response_ids, response_mask = generation.response_ids, generation.response_mask
         if not bool(generation.has_eos.any()):
@@ -196,10 +197,7 @@ class PPOModule(RLHFModule):
         scores = scores.to(self.device)
         if hp.missing_eos_penalty is not None:
             scores = torch.where(generation.has_eos, scores, scores - hp.missing_eos_penalty)
-        was_training = self.model.training
-        self.model.eval()  # dropout off, as in sampling
-        logprobs = response_logprobs(self.model, prompt_ids, prompt_mask, response_ids, response_mask, hp.temperature)
-        self.model.train(was_training)
+        logprobs = generation.logprobs  # from the sampling pass itself: no second forward of the policy
         ref_logprobs = response_logprobs(
             self.reference, prompt_ids, prompt_mask, response_ids, response_mask, hp.temperature
         )
