@@ -259,3 +259,26 @@ def test_ppo_stage_reads_sft_and_reward_exports_and_resumes(tmp_path):
     resumed = cli_main(args + ["--ckpt_path", os.path.join(run_dir, "checkpoints", "last.ckpt")])
     assert resumed.trainer.global_step == 40 and resumed.model.iteration == 5
     assert sorted(s for s, _ in read_events(run_dir)[0]["objective/kl"]) == [0, 1, 2, 3, 4]
+
+
+def test_ppo_with_a_plain_reward_function_picked_in_yaml(tmp_path):
+    runs = tmp_path / "runs" / "arithmetic"
+    cli_main(tiny_cli_args(SFT_CONFIG, str(runs / "sft"), max_steps=3))
+    args = tiny_cli_args(os.path.join(ROOT, "configs", "arithmetic", "ppo_verifier.yaml"), str(runs / "ppo"), 8)
+    args += [
+        "--model.init_args.policy_name_or_path",
+        str(runs / "sft" / "hf"),
+        "--model.init_args.max_new_tokens",
+        "6",
+        "--model.init_args.reward",
+        json.dumps(
+            {
+                "class_path": "lit_rlhf.rewards.FunctionReward",
+                "init_args": {"function": "tests.helpers.word_count_reward"},
+            }
+        ),
+    ]
+    cli = cli_main(args)
+    assert cli.model.reward.name == "word_count_reward" and cli.model.iteration == 1
+    scores = read_events(str(runs / "ppo"))[0]["objective/score"]
+    assert len(scores) == 1 and scores[0][1] <= 0  # minus the word count, after any missing-EOS penalty

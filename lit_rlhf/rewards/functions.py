@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from lit_rlhf.data.arithmetic_task import exact_match, graded_score
@@ -50,3 +50,34 @@ class ArithmeticVerifierReward(RewardSource):
                 raise RewardError(f"{self.name}: row of sample {i} has no 'answer' field (fields: {sorted(row)})")
             rewards.append(self.wrong + (self.correct - self.wrong) * judge(completion, row["answer"]))
         return rewards
+
+
+class FunctionReward(RewardSource):
+    """Any Python function as a reward source, picked from YAML by its import path.
+
+    .. code-block:: yaml
+
+        reward:
+          class_path: lit_rlhf.rewards.FunctionReward
+          init_args:
+            function: my_project.rewards.brevity   # def brevity(prompts, completions, rows) -> list[float]
+
+    Args:
+        function: called as ``function(prompts, completions, rows)`` (lists of equal length; ``rows`` are the
+            dataset rows, e.g. with an ``answer`` field) and returning one number per sample. Its output is checked
+            like every source's (length, finite numbers) with errors naming the function and the sample.
+        name: name in logs (default: the function's name).
+    """
+
+    def __init__(self, function: Callable[[list[str], list[str], list[dict[str, Any]]], Any], name: str | None = None):
+        super().__init__(name or getattr(function, "__name__", None))
+        self.function = function
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        rows: Sequence[dict[str, Any]],
+        finished: Sequence[bool] | None = None,
+    ) -> Any:
+        return self.function(list(prompts), list(completions), list(rows))

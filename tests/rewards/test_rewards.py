@@ -104,3 +104,16 @@ def test_reward_model_with_another_tokenizer_than_the_policy(tmp_path):
     assert scores.shape == (3,) and torch.isfinite(scores).all()
     ids = reward.encode(PROMPTS[0], "1 3 5 7", finished=True)
     assert len(ids) == 8 and ids[-1] == reward.tokenizer.eos_token_id  # over-long inputs keep their end
+
+
+def test_any_function_as_reward_source():
+    from lit_rlhf.rewards import FunctionReward
+    from tests.helpers import word_count_reward
+
+    source = FunctionReward(word_count_reward)
+    assert source.name == "word_count_reward"
+    assert source(PROMPTS, ["1 2", "", "a b c"], ROWS).tolist() == [-2.0, 0.0, -3.0]
+    with pytest.raises(RewardError, match="halves returned 1 rewards for 3 samples"):
+        FunctionReward(lambda p, c, r: [0.5], name="halves")(PROMPTS, ["a", "b", "c"], ROWS)
+    with pytest.raises(RewardError, match=r"nan_reward returned nan for sample 0"):
+        FunctionReward(lambda p, c, r: [math.nan] * 3, name="nan_reward")(PROMPTS, ["a", "b", "c"], ROWS)
