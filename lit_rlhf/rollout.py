@@ -20,6 +20,26 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def padding_trim(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
+    """Columns a sub-batch of ``[prompt | response]`` rows actually needs: ``(first prompt column, response length)``.
+
+    Prompts are left-padded and responses right-padded for the whole rollout batch; a minibatch of it can drop the
+    prompt columns that are padding in all its rows (on the left) and the response columns past its longest
+    response. Positions count from each row's first real token, so the trimmed rows compute exactly the same.
+
+    Args:
+        prompt_mask: ``(batch, prompt_len)`` attention mask of left-padded prompts.
+        response_mask: ``(batch, response_len)`` mask of right-padded responses.
+
+    Returns:
+        ``(start, length)``: keep ``prompt[:, start:]`` and ``response[:, :length]`` (at least one column each).
+    """
+    used = prompt_mask.bool().any(dim=0)
+    start = int(used.int().argmax()) if bool(used.any()) else prompt_mask.size(1) - 1
+    length = int(response_mask.bool().any(dim=0).nonzero().max()) + 1 if bool(response_mask.any()) else 1
+    return start, length
+
+
 def join(
     prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from lit_rlhf.generation import generate
 from lit_rlhf.models import build_word_tokenizer, load_tokenizer
 from lit_rlhf.models.scoring import load_reward_model, token_scores
 from lit_rlhf.models.tiny import build_tiny_llama
-from lit_rlhf.rollout import position_ids_from_mask, response_logprobs, response_values
+from lit_rlhf.rollout import padding_trim, position_ids_from_mask, response_logprobs, response_values
 from tests.conftest import TINY_MODEL_CONFIG
 from tests.helpers import save_tiny_gpt2
 
@@ -68,3 +68,23 @@ def test_values_are_read_at_the_position_before_each_response_token(word_tokeniz
     torch.testing.assert_close(values[0], alone0[0, 2:4], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(values[1, 0], alone[0, 0], atol=1e-5, rtol=1e-5)
     assert values[1, 1] == 0.0
+
+
+def test_padding_trim_keeps_only_the_columns_a_subbatch_needs(word_tokenizer):
+    prompt_mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
+    response_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]]).bool()
+    assert padding_trim(prompt_mask[:2], response_mask[:2]) == (1, 3)
+    assert padding_trim(prompt_mask[:1], response_mask[:1]) == (2, 2)
+    assert padding_trim(prompt_mask, response_mask) == (0, 3)
+    # The trimmed rows give the same log-probabilities and values (positions count from the first real token).
+    model = build_tiny_llama(word_tokenizer, TINY_MODEL_CONFIG).eval()
+    critic = load_reward_model("tiny-arithmetic", word_tokenizer, config_overrides=TINY_MODEL_CONFIG).eval()
+    torch.manual_seed(0)
+    prompt_ids = torch.randint(5, 50, prompt_mask.shape) * prompt_mask
+    response_ids = torch.randint(5, 50, response_mask.shape) * response_mask
+    with torch.no_grad():
+        for fn in (lambda *a: response_logprobs(model, *a), lambda *a: response_values(critic, *a)):
+            full = fn(prompt_ids[:1], prompt_mask[:1], response_ids[:1], response_mask[:1])
+            trimmed = fn(prompt_ids[:1, 2:], prompt_mask[:1, 2:], response_ids[:1, :2], response_mask[:1, :2])
+            torch.testing.assert_close(trimmed, full[:, :2], atol=1e-5, rtol=1e-5)
+            assert bool((full[:, 2:] == 0).all())
