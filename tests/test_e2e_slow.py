@@ -80,3 +80,41 @@ def test_default_reward_config_on_the_sft_export(runs, tmp_path):
 
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "hf")
     assert model.config.reward_normalization["std"] > 0
+
+
+def check_ppo_run(runs, version: str) -> None:
+    """Floors for a shipped PPO config: a sound run, not a tuning target (figures in docs/benchmarks.md)."""
+    sft = read_events(str(runs / "arithmetic" / "sft"))[0]["val/exact_match"][-1][1]
+    run_dir = runs / "arithmetic" / version
+    scalars, texts = read_events(str(run_dir))
+    final = scalars["val/exact_match"][-1][1]
+    assert final >= sft - 0.03, (sft, final)  # PPO must not wreck the policy
+    assert max(v for _, v in scalars["objective/kl"]) < 2.0  # the KL stays bounded
+    assert scalars["val/eos_rate"][-1][1] >= 0.95
+    assert "samples/val/text_summary" in texts
+    for name in ("hf/model.safetensors", "hf_critic/model.safetensors", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_default_ppo_verifier_config_on_the_sft_export(runs):
+    sft_hf = str(runs / "arithmetic" / "sft" / "hf")
+    train("configs/arithmetic/ppo_verifier.yaml", str(runs), "--model.init_args.policy_name_or_path", sft_hf)
+    check_ppo_run(runs, "ppo_verifier")
+
+
+@pytest.mark.slow
+def test_default_ppo_config_on_the_sft_and_reward_exports(runs):
+    # Runs after test_default_reward_config_on_the_sft_export (file order), which wrote the reward export.
+    reward_hf = str(runs / "arithmetic" / "reward" / "hf")
+    train(
+        "configs/arithmetic/ppo.yaml",
+        str(runs),
+        "--model.init_args.policy_name_or_path",
+        str(runs / "arithmetic" / "sft" / "hf"),
+        "--model.init_args.critic_name_or_path",
+        reward_hf,
+        "--model.init_args.reward.init_args.model_name_or_path",
+        reward_hf,
+    )
+    check_ppo_run(runs, "ppo")

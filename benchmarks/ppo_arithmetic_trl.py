@@ -1,0 +1,435 @@
+"""PPO side by side on the arithmetic task: TRL's last PPOTrainer (``trl==0.29.1``, ``trl.experimental.ppo``) against
+lit_rlhf's ``PPOModule``, with the same SFT policy, reward model, prompts and PPO settings.
+
+Setup, once, from the repository root: TRL gets its own virtualenv beside the repository (``../trl-venv``), so it
+never touches ``.venv``. Pin torch first, as for ``.venv`` (an unpinned torch pulls several GB of CUDA packages; on
+a CPU machine without the local CPU wheel add ``--index-url https://download.pytorch.org/whl/cpu`` to the first
+install, see the README):
+
+    python3 -m venv ../trl-venv
+    ../trl-venv/bin/pip install torch==2.13.0
+    ../trl-venv/bin/pip install torch==2.13.0 trl==0.29.1 transformers==5.23.0 accelerate==1.15.0 datasets==5.2.0
+
+Run with the repository's ``.venv`` (needs ``runs/arithmetic/sft/hf`` and ``runs/arithmetic/reward/hf``):
+
+    .venv/bin/python benchmarks/ppo_arithmetic_trl.py                                   # 1280 episodes each
+    .venv/bin/python benchmarks/ppo_arithmetic_trl.py --total-episodes 256 --skip-lit   # the TRL side alone
+    .venv/bin/python benchmarks/ppo_arithmetic_trl.py --total-episodes 19200 --critic-learning-rate 1e-4 \\
+        --out docs/benchmarks.md -- --trainer.precision 32-true     # after --: more train.py arguments (lit side)
+
+What runs:
+
+1. This script (lit_rlhf's venv) builds the prompts with ``ArithmeticDataModule(format="prompt")``, tokenized by
+   lit_rlhf (the training prompts and the held-out ones, split by ``--data-seed``), and writes them to JSON lines
+   in a temporary folder.
+2. ``benchmarks/_trl_ppo_worker.py`` runs in the TRL venv (``--trl-python``): it loads the SFT export as policy and
+   reference, the reward-model export as reward model and as the value model's start, answers the held-out prompts
+   greedily, trains with ``PPOTrainer``, and answers them again. Timed: ``trainer.train()`` alone.
+3. Unless ``--skip-lit``: ``python train.py fit --config <--lit-config>`` with the same settings as CLI overrides and
+   ``trainer.max_steps = iterations * 2 * ppo_epochs * num_minibatches`` (both optimizers count), validating once,
+   after the last iteration. Timed: first training batch start to last training batch end (a callback), so model
+   loading, the sanity check, the final validation and the export are left out; the process wall time is reported
+   too. Its held-out exact-match before training is ``lit_rlhf.evaluate`` on the SFT export.
+
+Timings need a quiet machine: the script warns when the load average is above 0.5 at start. On a 2-core machine
+shared with other training runs, 2 threads per process ran the same PPO iteration over 10x slower than 1 thread
+(``--threads 1`` then gives the fairer side by side; it is passed to ``train.py`` as ``OMP_NUM_THREADS``).
+
+Held-out exact-match is greedy, ``max_new_tokens = --response-length``, scored with lit_rlhf's
+``arithmetic_task.exact_match`` for both systems. episodes/s = episodes / training seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import lightning.pytorch as pl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.common import machine_line, timed_fit  # noqa: E402
+
+WORKER = os.path.join(ROOT, "benchmarks", "_trl_ppo_worker.py")
+DEFAULT_TRL_PYTHON = os.path.join(os.path.dirname(ROOT), "trl-venv", "bin", "python")
+SETUP = (
+    "python3 -m venv ../trl-venv && ../trl-venv/bin/pip install torch==2.13.0 && ../trl-venv/bin/pip install "
+    "torch==2.13.0 trl==0.29.1 transformers==5.23.0 accelerate==1.15.0 datasets==5.2.0"
+)
+
+DIFFERENCES = """\
+What differs between the two rows, by design of each library (not tuned away here):
+
+- Reward scale: lit_rlhf's `RewardModelReward` normalises reward-model scores with the export's
+  `reward_normalization` (mean {rm_mean:.3f}, std {rm_std:.3f}); TRL uses the raw score. So in TRL the KL penalty
+  (`kl_coef`) and `missing_eos_penalty` weigh {rm_std:.2f}x less against the score than in lit_rlhf, and the two
+  "final score" columns are on different scales (TRL raw, lit_rlhf normalised, both after the EOS penalty).
+- Where the score lands: TRL adds it one position after the EOS token (`sequence_lengths + 1`, the "p1"
+  convention; the value there is trained too), so GAE passes it to the EOS token through one more value state
+  and a factor `lam`; lit_rlhf adds it on the last real response token.
+- Optimizers: TRL has one AdamW over policy and value model with one learning rate and loss
+  `pg_loss + vf_coef * vf_loss` (vf_coef 0.1, nearly irrelevant under Adam); lit_rlhf has one AdamW per model
+  (critic learning rate: {lit_critic_lr}). `--critic-learning-rate` gives TRL's value parameters their own rate
+  through a custom optimizer passed to `PPOTrainer(optimizers=...)`.
+- Gradient clipping: TRL's PPO loop never clips (`max_grad_norm` is unused); lit_rlhf clips each optimizer step at
+  norm {lit_grad_norm}.
+- Randomness: prompt order and sampling use each library's own RNG streams, so single runs differ by noise.
+"""
+
+
+class TrainTimer(pl.Callback):
+    """Seconds from the first training batch's start to the last one's end, written as JSON to ``path`` at the end of
+    ``fit`` (added to the lit_rlhf run by this benchmark through ``--trainer.callbacks+=``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.start: float | None = None
+        self.end: float | None = None
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
+        self.end = time.perf_counter()
+        self.batches += 1
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.start is not None:
+            with open(self.path, "w") as f:
+                json.dump({"train_s": self.end - self.start, "batches": self.batches}, f)
+
+
+def write_prompts(data_dir: str, args: argparse.Namespace) -> list[dict]:
+    """Training and held-out prompts as lit_rlhf tokenizes them, into ``train.jsonl`` and ``heldout.jsonl``."""
+    from lit_rlhf.data.arithmetic import ArithmeticDataModule
+    from lit_rlhf.models.loading import load_tokenizer
+
+    data = ArithmeticDataModule(format="prompt", num_val=args.num_val, seed=args.data_seed, max_length=64)
+    data.connect(load_tokenizer(args.policy))
+    data.setup("fit")
+    heldout = []
+    for split, examples in (("train", data.train_dataset), ("heldout", data.val_dataset)):
+        with open(os.path.join(data_dir, f"{split}.jsonl"), "w") as f:
+            for ex in examples:
+                row = {"prompt": ex["row"]["prompt"], "prompt_ids": ex["prompt_ids"], "answer": ex["row"]["answer"]}
+                f.write(json.dumps(row) + "\n")
+                if split == "heldout":
+                    heldout.append(row)
+    print(f"prompts: {len(data.train_dataset)} training, {len(heldout)} held-out (data seed {args.data_seed})")
+    return heldout
+
+
+def exact_match_rate(completions: list[str], heldout: list[dict]) -> float:
+    from lit_rlhf.data.arithmetic_task import exact_match
+
+    return sum(exact_match(c, row["answer"]) for c, row in zip(completions, heldout, strict=True)) / len(heldout)
+
+
+def run_trl(args: argparse.Namespace, tmp: str, heldout: list[dict]) -> dict:
+    """Run the worker in the TRL venv; its result, scored."""
+    out = os.path.join(tmp, "trl_result.json")
+    command = [
+        args.trl_python,
+        WORKER,
+        "--data-dir",
+        tmp,
+        "--out",
+        out,
+        "--policy",
+        args.policy,
+        "--reward-model",
+        args.reward_model,
+        "--value-model",
+        args.value_model or args.reward_model,
+        "--total-episodes",
+        str(args.total_episodes),
+        "--batch-size",
+        str(args.batch_size),
+        "--num-mini-batches",
+        str(args.num_mini_batches),
+        "--ppo-epochs",
+        str(args.ppo_epochs),
+        "--response-length",
+        str(args.response_length),
+        "--temperature",
+        str(args.temperature),
+        "--kl-coef",
+        str(args.kl_coef),
+        "--stop-token",
+        args.stop_token,
+        "--learning-rate",
+        str(args.learning_rate),
+        "--vf-coef",
+        str(args.vf_coef),
+        "--gamma",
+        str(args.gamma),
+        "--lam",
+        str(args.lam),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
+    if args.missing_eos_penalty is not None:
+        command += ["--missing-eos-penalty", str(args.missing_eos_penalty)]
+    if args.critic_learning_rate is not None:
+        command += ["--critic-learning-rate", str(args.critic_learning_rate)]
+    log_path = os.path.join(tmp, "trl_worker.log")
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        with open(log_path) as log:
+            tail = log.read()[-4000:]
+        sys.exit(f"TRL worker failed (exit {done.returncode}); end of its output:\n{tail}")
+    with open(out) as f:
+        result = json.load(f)
+    logs = [entry for entry in result["logs"] if "objective/kl" in entry]
+    return {
+        "system": f"TRL {result['versions']['trl']} PPOTrainer",
+        "episodes": result["episodes"],
+        "iterations": len(logs),
+        "train_s": result["train_s"],
+        "process_s": wall,
+        "before": exact_match_rate(result["before"], heldout),
+        "after": exact_match_rate(result["after"], heldout),
+        "eos_after": sum(result["after_eos"]) / len(heldout),
+        "kl": logs[-1]["objective/kl"] if logs else float("nan"),
+        "score": logs[-1]["objective/scores"] if logs else float("nan"),
+        "detail": result,
+    }
+
+
+def run_lit(args: argparse.Namespace, tmp: str) -> dict:
+    """``train.py fit`` on ``--lit-config`` with this benchmark's settings; times and final metrics."""
+    from lit_rlhf.evaluate import evaluate_arithmetic
+    from tests.helpers import read_events
+
+    iterations = math.ceil(args.total_episodes / args.batch_size)
+    max_steps = iterations * 2 * args.ppo_epochs * args.num_mini_batches
+    timer_path = os.path.join(tmp, "lit_timer.json")
+    overrides = [
+        "--seed_everything",
+        str(args.seed),
+        "--model.init_args.policy_name_or_path",
+        args.policy,
+        "--model.init_args.critic_name_or_path",
+        args.value_model or args.reward_model,
+        "--model.init_args.actor_learning_rate",
+        str(args.learning_rate),
+        "--model.init_args.max_new_tokens",
+        str(args.response_length),
+        "--model.init_args.temperature",
+        str(args.temperature),
+        "--model.init_args.gamma",
+        str(args.gamma),
+        "--model.init_args.lam",
+        str(args.lam),
+        "--model.init_args.kl_coef",
+        str(args.kl_coef),
+        "--model.init_args.kl_estimator",
+        "k1",
+        "--model.init_args.missing_eos_penalty",
+        "null" if args.missing_eos_penalty is None else str(args.missing_eos_penalty),
+        "--model.init_args.ppo_epochs",
+        str(args.ppo_epochs),
+        "--model.init_args.num_minibatches",
+        str(args.num_mini_batches),
+        "--data.init_args.batch_size",
+        str(args.batch_size),
+        "--data.init_args.num_val",
+        str(args.num_val),
+        "--data.init_args.seed",
+        str(args.data_seed),
+        "--trainer.max_steps",
+        str(max_steps),
+        "--trainer.val_check_interval",
+        str(iterations),
+        "--trainer.check_val_every_n_epoch",
+        "null",
+        "--trainer.callbacks+=benchmarks.ppo_arithmetic_trl.TrainTimer",
+        f"--trainer.callbacks.init_args.path={timer_path}",
+    ]
+    if args.critic_learning_rate is not None:
+        overrides += ["--model.init_args.critic_learning_rate", str(args.critic_learning_rate)]
+    before = evaluate_arithmetic(
+        args.policy, num_val=args.num_val, seed=args.data_seed, max_new_tokens=args.response_length
+    )["exact_match"]
+    save_dir = os.path.join(tmp, "lit")
+    wall = timed_fit(args.lit_config, save_dir, *overrides, *args.extra)
+    events = glob.glob(os.path.join(save_dir, "**", "events.out.tfevents.*"), recursive=True)
+    if not events:
+        sys.exit(f"no TensorBoard events under {save_dir}")
+    run_dir = os.path.dirname(events[0])
+    scalars, _ = read_events(run_dir)
+    with open(timer_path) as f:
+        timer = json.load(f)
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        import yaml
+
+        resolved = yaml.safe_load(f)
+    last = {tag: values[-1][1] for tag, values in scalars.items() if values}
+    return {
+        "system": "lit_rlhf PPOModule",
+        "episodes": timer["batches"] * args.batch_size,
+        "iterations": timer["batches"],
+        "train_s": timer["train_s"],
+        "process_s": wall,
+        "before": before,
+        "after": last.get("val/exact_match", float("nan")),
+        "eos_after": last.get("val/eos_rate", float("nan")),
+        "kl": last.get("objective/kl", float("nan")),
+        "score": last.get("objective/score", float("nan")),
+        "config": resolved,
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| system | episodes | train s | episodes/s | s / iteration | held-out exact-match before → after "
+        "| EOS rate after | final KL | final score | process wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['episodes']} | {r['train_s']:.1f} | {r['episodes'] / r['train_s']:.1f} "
+            f"| {r['train_s'] / max(r['iterations'], 1):.2f} | {r['before']:.1%} → {r['after']:.1%} "
+            f"| {r['eos_after']:.1%} | {r['kl']:.3f} | {r['score']:+.3f} | {r['process_s']:.1f} s |"
+        )
+    return "\n".join(lines)
+
+
+def notes(args: argparse.Namespace, rows: list[dict]) -> str:
+    with open(os.path.join(ROOT, args.reward_model, "config.json")) as f:
+        stats = json.load(f).get("reward_normalization") or {"mean": 0.0, "std": 1.0}
+    lit = next((r for r in rows if "config" in r), None)
+    model = (lit or {}).get("config", {}).get("model", {}).get("init_args", {})
+    text = DIFFERENCES.format(
+        rm_mean=stats["mean"],
+        rm_std=stats["std"],
+        lit_critic_lr=model.get("critic_learning_rate", "as in --lit-config"),
+        lit_grad_norm=model.get("max_grad_norm", "1.0 (default)"),
+    )
+    if lit is not None:
+        reward = model.get("reward", {})
+        source = reward.get("class_path", "?")
+        path = reward.get("init_args", {}).get("model_name_or_path")
+        normalize = reward.get("init_args", {}).get("normalize", True)
+        text += f"- lit_rlhf's reward source (from {args.lit_config}): {source}"
+        text += f" on {path} (normalize: {normalize})\n" if path else "\n"
+        if not source.endswith("RewardModelReward") or (path and os.path.normpath(path) != args.reward_model):
+            text += f"  WARNING: not the reward model TRL used ({args.reward_model}): the rows are not comparable.\n"
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON, help="python of the TRL venv (see the setup)")
+    parser.add_argument("--lit-config", default="configs/arithmetic/ppo.yaml", help="lit_rlhf PPO config")
+    parser.add_argument("--skip-lit", action="store_true", help="run the TRL side only")
+    parser.add_argument("--skip-trl", action="store_true", help="run the lit_rlhf side only")
+    parser.add_argument("--policy", default="runs/arithmetic/sft/hf", help="SFT export: policy and reference")
+    parser.add_argument("--reward-model", default="runs/arithmetic/reward/hf", help="reward-model export")
+    parser.add_argument("--value-model", default=None, help="where the critic starts (default: the reward model)")
+    parser.add_argument("--total-episodes", type=int, default=1280, help="prompts sampled in all (rounded up)")
+    parser.add_argument("--batch-size", type=int, default=128, help="prompts per rollout (PPO iteration)")
+    parser.add_argument("--num-mini-batches", type=int, default=2)
+    parser.add_argument("--ppo-epochs", type=int, default=2)
+    parser.add_argument("--response-length", type=int, default=20, help="max new tokens (rollouts and evaluation)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--missing-eos-penalty", type=float, default=1.0, help="negative: none")
+    parser.add_argument("--stop-token", choices=("eos", "none"), default="eos", help="TRL's stop_token")
+    parser.add_argument("--learning-rate", type=float, default=3e-5, help="actor (and TRL's only) learning rate")
+    parser.add_argument(
+        "--critic-learning-rate", type=float, default=None, help="value-model rate for both (default: each's own)"
+    )
+    parser.add_argument("--vf-coef", type=float, default=0.1, help="TRL's value-loss weight")
+    parser.add_argument("--gamma", type=float, default=1.0, help="GAE discount (both)")
+    parser.add_argument("--lam", type=float, default=1.0, help="GAE lambda (both)")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--data-seed", type=int, default=1234, help="ArithmeticDataModule seed (train/held-out split)")
+    parser.add_argument("--num-val", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="append the table and notes to this markdown file")
+    parser.add_argument("extra", nargs="*", help="more CLI arguments for lit_rlhf's train.py, after --")
+    args = parser.parse_args()
+    if args.missing_eos_penalty is not None and args.missing_eos_penalty < 0:
+        args.missing_eos_penalty = None
+    if args.total_episodes < 1 or args.batch_size % args.num_mini_batches:
+        sys.exit("need --total-episodes >= 1 and --batch-size divisible by --num-mini-batches")
+
+    import torch
+    import transformers
+
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # train.py and the worker inherit it
+    torch.set_num_threads(args.threads)
+    transformers.logging.disable_progress_bar()
+    os.chdir(ROOT)
+    for path in (args.policy, args.reward_model):
+        if not os.path.isdir(path):
+            sys.exit(f"{path} is missing: run the SFT and reward stages first (see the README)")
+    if not args.skip_trl and not os.path.isfile(args.trl_python):
+        sys.exit(f"{args.trl_python} not found; set up TRL's venv from the repository root:\n  {SETUP}")
+    if not args.skip_lit and not os.path.isfile(args.lit_config):
+        sys.exit(f"{args.lit_config} not found (pass --lit-config, or --skip-lit for the TRL side alone)")
+
+    load = os.getloadavg()[0]
+    busy = (
+        f"WARNING: load average {load:.1f} at start: other processes share the CPU. On a busy 2-core machine, 2 "
+        "threads per process made the same PPO iteration over 10x slower than 1 thread (oversubscribed OpenMP "
+        "threads), in both venvs: timings are not those of a quiet machine (--threads 1 suffers least); accuracies "
+        "are unaffected\n"
+        if load > 0.5
+        else ""
+    )
+    print(machine_line())
+    print(busy, end="")
+    settings = (
+        f"settings: {args.total_episodes} episodes, {args.batch_size} prompts per rollout, {args.num_mini_batches} "
+        f"minibatches x {args.ppo_epochs} epochs, response length {args.response_length}, temperature "
+        f"{args.temperature}, kl_coef {args.kl_coef} (k1), missing_eos_penalty {args.missing_eos_penalty}, "
+        f"lr {args.learning_rate}, seed {args.seed}; policy {args.policy}, reward {args.reward_model}, value from "
+        f"{args.value_model or args.reward_model}"
+    )
+    print(settings, flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ppo_trl_bench_") as tmp:
+        heldout = write_prompts(tmp, args)
+        if not args.skip_trl:
+            rows.append(run_trl(args, tmp, heldout))
+            versions = rows[-1]["detail"]["versions"]
+            print(
+                f"TRL venv: trl {versions['trl']}, transformers {versions['transformers']}, torch {versions['torch']}"
+                f", {versions['threads']} threads; optimizer {rows[-1]['detail']['settings']['optimizer']}",
+                flush=True,
+            )
+        if not args.skip_lit:
+            rows.append(run_lit(args, tmp))
+    table = markdown(rows)
+    text = notes(args, rows)
+    print(table)
+    print()
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(
+                f"\n{machine_line()}; measured {datetime.date.today().isoformat()}\n\n{busy}{settings}\n\n{table}"
+                f"\n\n{text}"
+            )
+
+
+if __name__ == "__main__":
+    main()
