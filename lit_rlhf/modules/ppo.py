@@ -155,6 +155,20 @@ class PPOModule(RLHFModule):
     def reference(self) -> torch.nn.Module:
         return self._frozen["reference"]
 
+    def setup(self, stage: str) -> None:
+        """Refuse at once a prompt budget that cannot fit the policy's context with ``max_new_tokens`` after it."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        max_length = getattr(datamodule, "max_length", None)
+        prompt_budget = getattr(datamodule, "max_prompt_length", None) or (max_length and max_length // 2)
+        if context and prompt_budget and prompt_budget + self.hparams.max_new_tokens > context:
+            raise ValueError(
+                f"prompts of up to {prompt_budget} tokens (the data's max_prompt_length) plus max_new_tokens="
+                f"{self.hparams.max_new_tokens} exceed the policy's context of {context} positions; lower "
+                "--data.init_args.max_prompt_length (longer prompts are then handled by its `overlong` policy) or "
+                "--model.init_args.max_new_tokens"
+            )
+
     def on_fit_start(self) -> None:
         self.reference.to(self.device)
         if hasattr(self.reward, "to"):

@@ -135,3 +135,11 @@ def test_a_rollout_where_every_sample_is_truncated_warns_and_trains_on(tmp_path,
         trainer.fit(module, data)
     assert module.iteration == 1
     assert trainer.callback_metrics["rollout/eos_rate"] == 0.0
+
+
+def test_prompts_and_responses_longer_than_the_context_are_refused_before_training(tmp_path, policy_dir):
+    module, data, trainer = make(tmp_path, policy_dir, iterations=1)
+    data.max_length, data.max_prompt_length = 200, 125  # the tiny Llama has 128 positions: 125 + 8 new do not fit
+    with pytest.raises(ValueError, match=r"prompts of up to 125 tokens .* exceed the policy's context of 128"):
+        trainer.fit(module, data)
+    assert module.iteration == 0
