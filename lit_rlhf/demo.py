@@ -1,4 +1,4 @@
-"""The embedded demo: SFT, then the reward model, on the arithmetic task, with a summary. Run by ``make demo``.
+"""The embedded demo: SFT, the reward model, then PPO on the arithmetic task, with a summary. Run by ``make demo``.
 
 Each stage runs the same command a user would type (``python train.py fit --config ...``). A stage whose ``hf/``
 export already exists is reused; ``--fresh`` (``make demo FRESH=1``) retrains it.
@@ -19,6 +19,7 @@ from lit_rlhf.evaluate import evaluate_arithmetic
 STAGES = (
     ("sft", "configs/arithmetic/sft.yaml", "runs/arithmetic/sft"),
     ("reward", "configs/arithmetic/reward.yaml", "runs/arithmetic/reward"),
+    ("ppo", "configs/arithmetic/ppo.yaml", "runs/arithmetic/ppo"),
 )
 
 
@@ -67,7 +68,12 @@ def stage_result(name: str, run_dir: str) -> str:
         ]
         return "held-out pairwise accuracy: " + ", ".join(parts)
     result = evaluate_arithmetic(os.path.join(run_dir, "hf"))
-    return f"held-out exact-match {result['exact_match']:.1%}, graded score {result['graded_score']:.3f}"
+    line = f"held-out exact-match {result['exact_match']:.1%}, graded score {result['graded_score']:.3f}"
+    if name == "ppo":
+        objective = last_scalars(run_dir, "objective/kl")
+        if "objective/kl" in objective:
+            line += f", final KL {objective['objective/kl']:.3f}"
+    return line
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -251,7 +251,7 @@ def test_ppo_stage_reads_sft_and_reward_exports_and_resumes(tmp_path):
     for tag in ("objective/score", "objective/kl", "policy/entropy", "loss/value", "val/exact_match", "val/reward"):
         assert tag in scalars, tag
     assert [s for s, _ in scalars["objective/kl"]] == [0, 1, 2]
-    assert any("| prompt | greedy response | reward |" in t for t in texts["samples/val/text_summary"])
+    assert any("| prompt | greedy response | reward | exact match |" in t for t in texts["samples/val/text_summary"])
     for name in ("hf/model.safetensors", "hf/tokenizer.json", "hf_critic/model.safetensors", "config.yaml"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
 

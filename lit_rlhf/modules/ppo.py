@@ -149,7 +149,7 @@ class PPOModule(RLHFModule):
         )
         self.iteration = 0
         self.val_metrics = torch.nn.ModuleDict()
-        self._samples: list[tuple[str, str, str]] = []
+        self._samples: list[tuple[str, str, str, str]] = []
 
     @property
     def reference(self) -> torch.nn.Module:
@@ -401,7 +401,9 @@ class PPOModule(RLHFModule):
             )
         room = self.hparams.num_logged_samples - len(self._samples)
         for i in range(min(room, len(rows))):
-            self._samples.append((rows[i]["prompt"], completions[i], f"{metrics['reward'][i]:+.3f}"))
+            gold = metrics.get("exact_match")  # the dataset's verifier, if it has one: hacking shows as reward vs gold
+            gold_text = "" if gold is None else f"{gold[i]:.0f}"
+            self._samples.append((rows[i]["prompt"], completions[i], f"{metrics['reward'][i]:+.3f}", gold_text))
 
     def on_validation_epoch_end(self) -> None:
         for name, metric in self.val_metrics.items():
@@ -409,7 +411,7 @@ class PPOModule(RLHFModule):
                 self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
-            table = markdown_table(("prompt", "greedy response", "reward"), self._samples)
+            table = markdown_table(("prompt", "greedy response", "reward", "exact match"), self._samples)
             log_text(self.loggers, "samples/val", table, self.iteration)
         self._samples = []
 
