@@ -26,65 +26,13 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
+from _trl_common import LogRecorder, greedy_completions, read_jsonl  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    TrainerCallback,
 )
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-class LogRecorder(TrainerCallback):
-    """Keeps every metrics dict ``PPOTrainer`` logs (one per PPO iteration with ``logging_steps=1``), timestamped."""
-
-    def __init__(self) -> None:
-        self.logs: list[dict] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.logs.append({"time": time.perf_counter(), **{k: float(v) for k, v in logs.items()}})
-
-
-@torch.no_grad()
-def greedy_completions(
-    model: torch.nn.Module, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int
-) -> tuple[list[str], list[bool]]:
-    """Greedy answers from left-padded prompts, cut at the first EOS, decoded without special tokens (as
-    lit_rlhf's ``generate_for_batch`` + ``decode_responses`` do); and whether each ended with EOS."""
-    was_training = model.training
-    model.eval()
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    texts, finished = [], []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            do_sample=False,
-            temperature=None,
-            top_k=None,
-            top_p=None,
-            use_cache=True,
-        )
-        for row in out[:, width:].tolist():
-            ended = eos in row
-            texts.append(tokenizer.decode(row[: row.index(eos)] if ended else row, skip_special_tokens=True))
-            finished.append(ended)
-    model.train(was_training)
-    return texts, finished
 
 
 def check_tokenization(tokenizer, rows: list[dict]) -> None:

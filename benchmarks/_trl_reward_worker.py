@@ -30,24 +30,9 @@ import datasets
 import torch
 import transformers
 import trl
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from _trl_common import LogRecorder, read_jsonl
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-class LogRecorder(TrainerCallback):
-    """Keeps every metrics dict the trainer logs."""
-
-    def __init__(self) -> None:
-        self.logs: list[dict] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.logs.append({"step": state.global_step, **{k: float(v) for k, v in logs.items()}})
 
 
 @torch.no_grad()

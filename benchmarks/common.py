@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import lightning.pytorch as pl
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,3 +44,107 @@ def timed_fit(config: str, save_dir: str, *extra: str) -> float:
         stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
+
+
+def read_config(path: str) -> dict:
+    """A YAML config as a dict."""
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def exact_match_rate(completions: list[str], heldout: list[dict]) -> float:
+    """Fraction of ``completions`` that the arithmetic verifier finds exactly right for ``heldout[i]["answer"]``."""
+    from lit_rlhf.data.arithmetic_task import exact_match
+
+    return sum(exact_match(c, row["answer"]) for c, row in zip(completions, heldout, strict=True)) / len(heldout)
+
+
+def use_threads(threads: int) -> None:
+    """Torch/OpenMP threads for this process and every child (``train.py``, the TRL worker); work from the repo root."""
+    import torch
+    import transformers
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    transformers.logging.disable_progress_bar()
+    os.chdir(ROOT)
+
+
+def load_warning(detail: str = "timings are not those of a quiet machine (accuracies are unaffected)") -> str:
+    """A warning line when the 1-minute load average says other processes share the CPU, else ``""``."""
+    load = os.getloadavg()[0]
+    if load <= 0.5:
+        return ""
+    return f"WARNING: load average {load:.1f} at start: other processes share the CPU; {detail}\n"
+
+
+def run_worker(command: list[str], out: str, log_path: str) -> tuple[dict, float]:
+    """Run a TRL worker (``command``: its python, script and arguments); its JSON result from ``out`` and the
+    process wall seconds. A failed worker stops the benchmark with the end of its log."""
+    import json
+
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        with open(log_path) as log:
+            tail = log.read()[-4000:]
+        sys.exit(f"TRL worker failed (exit {done.returncode}); end of its output:\n{tail}")
+    with open(out) as f:
+        return json.load(f), wall
+
+
+def report(out_path: str | None, *sections: str) -> None:
+    """Print ``sections``; with ``out_path``, also append them to that markdown file under the machine line."""
+    import datetime
+
+    text = "\n\n".join(s.strip("\n") for s in sections if s)
+    print(text)
+    if out_path:
+        with open(out_path, "a") as f:
+            f.write(f"\n{machine_line()}; measured {datetime.date.today().isoformat()}\n\n{text}\n")
+
+
+class TrainTimer(pl.Callback):
+    """Lightning callback (``--trainer.callbacks+=benchmarks.common.TrainTimer``): seconds from the first training
+    batch's start to the last one's end; with ``path``, written there as JSON at the end of ``fit``."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.start: float | None = None
+        self.end: float | None = None
+        self.batches = 0
+
+    def on_train_batch_start(self, *args) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.end = time.perf_counter()
+        self.batches += 1
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.path and trainer.is_global_zero and self.start is not None:
+            import json
+
+            with open(self.path, "w") as f:
+                json.dump({"train_s": self.seconds, "batches": self.batches}, f)
+
+
+def lit_versions() -> str:
+    """The versions line of lit_rlhf's own venv."""
+    import lightning
+    import torch
+    import transformers
+
+    return (
+        f"lit_rlhf venv: lightning {lightning.__version__}, transformers {transformers.__version__}, torch "
+        f"{torch.__version__}"
+    )

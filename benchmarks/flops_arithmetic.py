@@ -27,7 +27,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_line  # noqa: E402
+from benchmarks.common import TrainTimer, machine_line  # noqa: E402
 
 STAGES = {
     "sft": ("configs/arithmetic/sft.yaml", []),
@@ -49,24 +49,8 @@ def matmul_peak(size: int = 2048, seconds: float = 2.0) -> float:
     return statistics.median(rates)
 
 
-class StepTimer:
-    """Lightning callback: seconds from the first training batch's start to the last one's end."""
-
-    def __init__(self) -> None:
-        self.start: float | None = None
-        self.end = 0.0
-
-    def on_train_batch_start(self, *args) -> None:
-        if self.start is None:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, *args) -> None:
-        self.end = time.perf_counter()
-
-
 def fit(config: str, extra: list[str], steps: int, count: bool, scratch: str) -> tuple[float, int]:
     """(seconds of the training batches, FLOPs counted or 0) of ``trainer.fit`` for ``steps`` optimizer steps."""
-    import lightning as L
     from torch.utils.flop_counter import FlopCounterMode
 
     from lit_rlhf.cli import cli_main
@@ -97,7 +81,7 @@ def fit(config: str, extra: list[str], steps: int, count: bool, scratch: str) ->
         scratch,  # LightningCLI writes its config.yaml there
     ]
     cli = cli_main(args, run=False)
-    timer = type("Timer", (StepTimer, L.Callback), {})()
+    timer = TrainTimer()
     cli.trainer.callbacks.append(timer)
     counter = FlopCounterMode(display=False) if count else None
     if counter is not None:
@@ -105,7 +89,7 @@ def fit(config: str, extra: list[str], steps: int, count: bool, scratch: str) ->
             cli.trainer.fit(cli.model, cli.datamodule)
     else:
         cli.trainer.fit(cli.model, cli.datamodule)
-    return timer.end - timer.start, counter.get_total_flops() if counter is not None else 0
+    return timer.seconds, counter.get_total_flops() if counter is not None else 0
 
 
 def main() -> None:

@@ -42,22 +42,25 @@ Held-out exact-match is greedy, ``max_new_tokens = --response-length``, scored w
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import time
-
-import lightning.pytorch as pl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_line, timed_fit  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    exact_match_rate,
+    load_warning,
+    machine_line,
+    report,
+    run_worker,
+    timed_fit,
+    use_threads,
+)
 
 WORKER = os.path.join(ROOT, "benchmarks", "_trl_ppo_worker.py")
 DEFAULT_TRL_PYTHON = os.path.join(os.path.dirname(ROOT), "trl-venv", "bin", "python")
@@ -86,30 +89,6 @@ What differs between the two rows, by design of each library (not tuned away her
 """
 
 
-class TrainTimer(pl.Callback):
-    """Seconds from the first training batch's start to the last one's end, written as JSON to ``path`` at the end of
-    ``fit`` (added to the lit_rlhf run by this benchmark through ``--trainer.callbacks+=``)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.start: float | None = None
-        self.end: float | None = None
-        self.batches = 0
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
-        if self.start is None:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
-        self.end = time.perf_counter()
-        self.batches += 1
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.start is not None:
-            with open(self.path, "w") as f:
-                json.dump({"train_s": self.end - self.start, "batches": self.batches}, f)
-
-
 def write_prompts(data_dir: str, args: argparse.Namespace) -> list[dict]:
     """Training and held-out prompts as lit_rlhf tokenizes them, into ``train.jsonl`` and ``heldout.jsonl``."""
     from lit_rlhf.data.arithmetic import ArithmeticDataModule
@@ -128,12 +107,6 @@ def write_prompts(data_dir: str, args: argparse.Namespace) -> list[dict]:
                     heldout.append(row)
     print(f"prompts: {len(data.train_dataset)} training, {len(heldout)} held-out (data seed {args.data_seed})")
     return heldout
-
-
-def exact_match_rate(completions: list[str], heldout: list[dict]) -> float:
-    from lit_rlhf.data.arithmetic_task import exact_match
-
-    return sum(exact_match(c, row["answer"]) for c, row in zip(completions, heldout, strict=True)) / len(heldout)
 
 
 def run_trl(args: argparse.Namespace, tmp: str, heldout: list[dict]) -> dict:
@@ -185,17 +158,7 @@ def run_trl(args: argparse.Namespace, tmp: str, heldout: list[dict]) -> dict:
         command += ["--missing-eos-penalty", str(args.missing_eos_penalty)]
     if args.critic_learning_rate is not None:
         command += ["--critic-learning-rate", str(args.critic_learning_rate)]
-    log_path = os.path.join(tmp, "trl_worker.log")
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        with open(log_path) as log:
-            tail = log.read()[-4000:]
-        sys.exit(f"TRL worker failed (exit {done.returncode}); end of its output:\n{tail}")
-    with open(out) as f:
-        result = json.load(f)
+    result, wall = run_worker(command, out, os.path.join(tmp, "trl_worker.log"))
     logs = [entry for entry in result["logs"] if "objective/kl" in entry]
     return {
         "system": f"TRL {result['versions']['trl']} PPOTrainer",
@@ -259,7 +222,7 @@ def run_lit(args: argparse.Namespace, tmp: str) -> dict:
         str(iterations),
         "--trainer.check_val_every_n_epoch",
         "null",
-        "--trainer.callbacks+=benchmarks.ppo_arithmetic_trl.TrainTimer",
+        "--trainer.callbacks+=benchmarks.common.TrainTimer",
         f"--trainer.callbacks.init_args.path={timer_path}",
     ]
     if args.critic_learning_rate is not None:
@@ -371,13 +334,7 @@ def main() -> None:
     if args.total_episodes < 1 or args.batch_size % args.num_mini_batches:
         sys.exit("need --total-episodes >= 1 and --batch-size divisible by --num-mini-batches")
 
-    import torch
-    import transformers
-
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # train.py and the worker inherit it
-    torch.set_num_threads(args.threads)
-    transformers.logging.disable_progress_bar()
-    os.chdir(ROOT)
+    use_threads(args.threads)
     for path in (args.policy, args.reward_model):
         if not os.path.isdir(path):
             sys.exit(f"{path} is missing: run the SFT and reward stages first (see the README)")
@@ -386,14 +343,10 @@ def main() -> None:
     if not args.skip_lit and not os.path.isfile(args.lit_config):
         sys.exit(f"{args.lit_config} not found (pass --lit-config, or --skip-lit for the TRL side alone)")
 
-    load = os.getloadavg()[0]
-    busy = (
-        f"WARNING: load average {load:.1f} at start: other processes share the CPU. On a busy 2-core machine, 2 "
-        "threads per process made the same PPO iteration over 10x slower than 1 thread (oversubscribed OpenMP "
-        "threads), in both venvs: timings are not those of a quiet machine (--threads 1 suffers least); accuracies "
-        "are unaffected\n"
-        if load > 0.5
-        else ""
+    busy = load_warning(
+        "on a busy 2-core machine, 2 threads per process made the same PPO iteration over 10x slower than 1 "
+        "thread (oversubscribed OpenMP threads), in both venvs: timings are not those of a quiet machine "
+        "(--threads 1 suffers least); accuracies are unaffected"
     )
     print(machine_line())
     print(busy, end="")
@@ -420,15 +373,7 @@ def main() -> None:
             rows.append(run_lit(args, tmp))
     table = markdown(rows)
     text = notes(args, rows)
-    print(table)
-    print()
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(
-                f"\n{machine_line()}; measured {datetime.date.today().isoformat()}\n\n{busy}{settings}\n\n{table}"
-                f"\n\n{text}"
-            )
+    report(args.out, busy + settings, table, text)
 
 
 if __name__ == "__main__":

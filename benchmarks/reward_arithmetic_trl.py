@@ -37,23 +37,27 @@ r_chosen > r_rejected, on the same pairs for every row. Medians over ``--runs``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-
-import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_line, timed_fit  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    lit_versions,
+    load_warning,
+    machine_line,
+    read_config,
+    report,
+    run_worker,
+    timed_fit,
+    use_threads,
+)
 
 WORKER = os.path.join(ROOT, "benchmarks", "_trl_reward_worker.py")
 DEFAULT_TRL_PYTHON = "/work/trl116-venv/bin/python"
@@ -78,11 +82,6 @@ What differs between the rows:
 - Both: AdamW (no decay on biases and norms), clip at norm 1, fp32, chosen and rejected in one forward, score read
   at the EOS that ends each response.
 """
-
-
-def read_config(path: str) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
 
 
 def write_pairs(data_dir: str, cache_dir: str, data_args: dict, policy: str) -> tuple[list[dict], int]:
@@ -129,17 +128,7 @@ def run_trl(args: argparse.Namespace, s: dict, tmp: str, heldout: list[dict], ru
     command += ["--min-lr-ratio", str(s["min_lr_ratio"]), "--max-grad-norm", str(s["max_grad_norm"])]
     command += ["--center-coef", str(args.center_coef), "--max-length", str(s["max_length"])]
     command += ["--seed", str(s["seed"]), "--threads", str(args.threads)]
-    log_path = os.path.join(tmp, f"trl_worker_{run}.log")
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        with open(log_path) as log:
-            tail = log.read()[-4000:]
-        sys.exit(f"TRL worker failed (exit {done.returncode}); end of its output:\n{tail}")
-    with open(out) as f:
-        result = json.load(f)
+    result, wall = run_worker(command, out, os.path.join(tmp, f"trl_worker_{run}.log"))
     correct = [c > r for c, r in zip(result["r_chosen"], result["r_rejected"], strict=True)]
     by_type = {}
     for pair_type in PAIR_TYPES:
@@ -180,7 +169,7 @@ def run_lit(args: argparse.Namespace, s: dict, tmp: str, cache_dir: str, run: in
         "null",
         "--trainer.num_sanity_val_steps",
         "0",
-        "--trainer.callbacks+=benchmarks.ppo_arithmetic_trl.TrainTimer",
+        "--trainer.callbacks+=benchmarks.common.TrainTimer",
         f"--trainer.callbacks.init_args.path={timer_path}",
     ]
     if like_for_like:
@@ -260,13 +249,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more CLI arguments for lit_rlhf's train.py, after --")
     args = parser.parse_args()
 
-    import torch
-    import transformers
-
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # train.py and the worker inherit it
-    torch.set_num_threads(args.threads)
-    transformers.logging.disable_progress_bar()
-    os.chdir(ROOT)
+    use_threads(args.threads)
     if not os.path.isdir(args.policy):
         sys.exit(f"{args.policy} is missing: run the SFT stage first (see the README)")
     if not args.skip_trl and not os.path.isfile(args.trl_python):
@@ -293,13 +276,7 @@ def main() -> None:
     if model_args.get("freeze_backbone"):
         sys.exit("freeze_backbone: true is not mirrored on the TRL side")
 
-    load = os.getloadavg()[0]
-    busy = (
-        f"WARNING: load average {load:.1f} at start: other processes share the CPU; timings are not those of a quiet "
-        "machine (accuracies are unaffected)\n"
-        if load > 0.5
-        else ""
-    )
+    busy = load_warning()
     print(machine_line())
     print(busy, end="")
     settings = (
@@ -344,12 +321,7 @@ def main() -> None:
                 record(run_lit(args, s, tmp, cache_dir, run, like_for_like=False), run)
                 if not args.no_like_for_like:
                     record(run_lit(args, s, tmp, cache_dir, run, like_for_like=True), run)
-    import lightning
-
-    versions_line = (versions_line + "\n" if versions_line else "") + (
-        f"lit_rlhf venv: lightning {lightning.__version__}, transformers {transformers.__version__}, torch "
-        f"{torch.__version__}"
-    )
+    versions_line = (versions_line + "\n" if versions_line else "") + lit_versions()
     table = markdown(rows, heldout)
     text = DIFFERENCES.format(
         prefix=s["prefix"],
@@ -358,16 +330,7 @@ def main() -> None:
         num_train=num_train,
         schedule=s["lr_schedule"],
     )
-    print(versions_line)
-    print(table)
-    print()
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(
-                f"\n{machine_line()}; measured {datetime.date.today().isoformat()}\n\n{busy}{settings}\n\n"
-                f"{versions_line}\n\n{table}\n\n{text}"
-            )
+    report(args.out, busy + settings, versions_line, table, text)
 
 
 if __name__ == "__main__":

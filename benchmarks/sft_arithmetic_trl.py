@@ -37,22 +37,27 @@ for both systems. The table gives the median over ``--runs`` and the ratio of me
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-
-import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_line, timed_fit  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    exact_match_rate,
+    lit_versions,
+    load_warning,
+    machine_line,
+    read_config,
+    report,
+    run_worker,
+    timed_fit,
+    use_threads,
+)
 
 WORKER = os.path.join(ROOT, "benchmarks", "_trl_sft_worker.py")
 DEFAULT_TRL_PYTHON = "/work/trl116-venv/bin/python"
@@ -71,11 +76,6 @@ What differs between the two rows (not tuned away here):
   token accuracy and LR each step. Both: AdamW (no decay on biases and norms), clip at norm 1, token-mean loss on
   completion tokens (EOS included), fp32.
 """
-
-
-def read_config(path: str) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
 
 
 def save_fresh_model(folder: str, seed: int) -> None:
@@ -119,12 +119,6 @@ def write_rows(data_dir: str, model_dir: str, data_args: dict) -> tuple[list[dic
     return heldout, len(data.train_dataset)
 
 
-def exact_match_rate(completions: list[str], heldout: list[dict]) -> float:
-    from lit_rlhf.data.arithmetic_task import exact_match
-
-    return sum(exact_match(c, row["answer"]) for c, row in zip(completions, heldout, strict=True)) / len(heldout)
-
-
 def run_trl(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, heldout: list[dict], run: int) -> dict:
     out = os.path.join(tmp, f"trl_result_{run}.json")
     command = [
@@ -161,17 +155,7 @@ def run_trl(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, heldout
         "--threads",
         str(args.threads),
     ]
-    log_path = os.path.join(tmp, f"trl_worker_{run}.log")
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        with open(log_path) as log:
-            tail = log.read()[-4000:]
-        sys.exit(f"TRL worker failed (exit {done.returncode}); end of its output:\n{tail}")
-    with open(out) as f:
-        result = json.load(f)
+    result, wall = run_worker(command, out, os.path.join(tmp, f"trl_worker_{run}.log"))
     losses = [entry["loss"] for entry in result["logs"] if "loss" in entry]
     return {
         "system": f"TRL {result['versions']['trl']} SFTTrainer",
@@ -202,7 +186,7 @@ def run_lit(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, run: in
         "null",
         "--trainer.num_sanity_val_steps",
         "0",
-        "--trainer.callbacks+=benchmarks.ppo_arithmetic_trl.TrainTimer",
+        "--trainer.callbacks+=benchmarks.common.TrainTimer",
         f"--trainer.callbacks.init_args.path={timer_path}",
         *args.extra,
     ]
@@ -267,13 +251,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more CLI arguments for lit_rlhf's train.py, after --")
     args = parser.parse_args()
 
-    import torch
-    import transformers
-
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # train.py and the worker inherit it
-    torch.set_num_threads(args.threads)
-    transformers.logging.disable_progress_bar()
-    os.chdir(ROOT)
+    use_threads(args.threads)
     if not args.skip_trl and not os.path.isfile(args.trl_python):
         sys.exit(f"{args.trl_python} not found; set up TRL's venv:\n  {SETUP}")
 
@@ -295,13 +273,7 @@ def main() -> None:
         "seed": config.get("seed_everything", 1234),
     }
 
-    load = os.getloadavg()[0]
-    busy = (
-        f"WARNING: load average {load:.1f} at start: other processes share the CPU; timings are not those of a quiet "
-        "machine (accuracies are unaffected)\n"
-        if load > 0.5
-        else ""
-    )
+    busy = load_warning()
     print(machine_line())
     print(busy, end="")
     settings = (
@@ -344,24 +316,10 @@ def main() -> None:
                     f"exact-match {row['exact_match']:.1%}",
                     flush=True,
                 )
-    import lightning
-    import transformers as tf
-
-    versions_line = (versions_line + "\n" if versions_line else "") + (
-        f"lit_rlhf venv: lightning {lightning.__version__}, transformers {tf.__version__}, torch {torch.__version__}"
-    )
+    versions_line = (versions_line + "\n" if versions_line else "") + lit_versions()
     table = markdown(rows)
     text = DIFFERENCES.format(num_train=num_train, min_lr_ratio=s["min_lr_ratio"], steps=s["steps"])
-    print(versions_line)
-    print(table)
-    print()
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(
-                f"\n{machine_line()}; measured {datetime.date.today().isoformat()}\n\n{busy}{settings}\n\n"
-                f"{versions_line}\n\n{table}\n\n{text}"
-            )
+    report(args.out, busy + settings, versions_line, table, text)
 
 
 if __name__ == "__main__":
