@@ -86,7 +86,8 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
         pairs_cache_dir: folder of the labelled-pair cache.
         num_val: held-out problems (validation and evaluation).
         num_train: training problems; ``null`` = every remaining problem in all three wordings (~26k).
-        max_length, max_prompt_length, overlong, batch_size, eval_batch_size, num_workers, seed: see
+        max_length, max_prompt_length, overlong, batch_size, eval_batch_size, num_workers, seed, group_by_length,
+            length_group_batches: see
             :class:`~lit_rlhf.data.tokenized.TokenizedRowsDataModule`. ``seed`` also fixes the train/held-out
             split and the labelling.
     """
@@ -115,6 +116,8 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
         eval_batch_size: int | None = 256,
         num_workers: int = 0,
         seed: int = 1234,
+        group_by_length: bool = False,
+        length_group_batches: int = 50,
     ) -> None:
         super().__init__(
             max_length=max_length,
@@ -125,6 +128,8 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             seed=seed,
+            group_by_length=group_by_length,
+            length_group_batches=length_group_batches,
         )
         if format not in ("sft", "preference", "prompt"):
             raise ValueError(f"format must be 'sft', 'preference' or 'prompt', got {format!r}")

@@ -14,6 +14,13 @@ from lit_rlhf.data.rows import DataError
 from lit_rlhf.data.sampler import ResumableSampler
 
 
+def example_length(example: dict[str, Any]) -> int:
+    """Padded tokens a tokenized example needs: its prompt plus its longest response (``*_ids`` fields)."""
+    prompt = len(example.get("prompt_ids", ()))
+    responses = [len(v) for k, v in example.items() if k.endswith("_ids") and k != "prompt_ids"]
+    return prompt + max(responses, default=0)
+
+
 class RLHFDataModule(L.LightningDataModule):
     """Base of every lit_rlhf DataModule.
 
@@ -28,9 +35,21 @@ class RLHFDataModule(L.LightningDataModule):
         eval_batch_size: validation batch size per process (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         seed: seed of the data order (and of any data generation).
+        group_by_length: put training samples of similar length in the same batch (shuffled mega-batches of
+            ``length_group_batches`` batches, each sorted by length, as Hugging Face's ``group_by_length``), so
+            less of each batch is padding; the batch order stays random and resumable.
+        length_group_batches: batches per length-sorted mega-batch.
     """
 
-    def __init__(self, batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        group_by_length: bool = False,
+        length_group_batches: int = 50,
+    ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -38,6 +57,10 @@ class RLHFDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
+        if length_group_batches < 1:
+            raise ValueError(f"length_group_batches must be >= 1, got {length_group_batches}")
+        self.group_by_length = group_by_length
+        self.length_group_batches = length_group_batches
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_dataset: Sequence[Any] | None = None
         self.val_dataset: Sequence[Any] | None = None
@@ -84,7 +107,16 @@ class RLHFDataModule(L.LightningDataModule):
     def _train_loader(self, dataset: Sequence[Any], collate_fn: Callable) -> DataLoader:
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        sampler = ResumableSampler(len(dataset), num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        grouping = {}
+        if self.group_by_length:
+            grouping = {
+                "lengths": [example_length(ex) for ex in dataset],
+                "batch_size": self.batch_size,
+                "group_batches": self.length_group_batches,
+            }
+        sampler = ResumableSampler(
+            len(dataset), num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, **grouping
+        )
         skip = self._skip_samples()
         if skip:
             rank_zero_info(f"Resuming the training data mid-epoch: skipping the {skip} samples already seen.")

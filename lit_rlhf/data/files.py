@@ -21,7 +21,8 @@ class FileRowsDataModule(TokenizedRowsDataModule):
         columns: ``{our_field: dataset_column}``, e.g. ``{prompt: question, response: answer}``.
         val_fraction: held-out share of ``train`` when ``val`` is not given.
         max_length, max_prompt_length, overlong, use_chat_template, system_prompt, batch_size, eval_batch_size,
-            num_workers, seed: see :class:`~lit_rlhf.data.tokenized.TokenizedRowsDataModule`.
+            num_workers, seed, group_by_length, length_group_batches: see
+            :class:`~lit_rlhf.data.tokenized.TokenizedRowsDataModule`.
     """
 
     def __init__(
@@ -42,6 +43,8 @@ class FileRowsDataModule(TokenizedRowsDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        group_by_length: bool = False,
+        length_group_batches: int = 50,
     ) -> None:
         super().__init__(
             max_length=max_length,
@@ -53,6 +56,8 @@ class FileRowsDataModule(TokenizedRowsDataModule):
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             seed=seed,
+            group_by_length=group_by_length,
+            length_group_batches=length_group_batches,
         )
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")

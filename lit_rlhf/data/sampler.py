@@ -1,10 +1,48 @@
-"""A shuffling sampler that can resume mid-epoch, so a resumed run sees the data an uninterrupted one would."""
+"""A shuffling sampler that can resume mid-epoch, so a resumed run sees the data an uninterrupted one would, and can
+group samples of similar length into the same batch so that less of each batch is padding."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import torch
 from torch.utils.data import DistributedSampler
+
+
+def group_by_length(
+    indices: list[int], lengths: Sequence[int], batch_size: int, group_batches: int, generator: torch.Generator
+) -> list[int]:
+    """Reorder ``indices`` so that each run of ``batch_size`` consecutive indices holds samples of similar length.
+
+    The (already shuffled) indices are cut into mega-batches of ``batch_size * group_batches``; each is sorted by
+    length (longest first) and cut into batches; the batches are shuffled with ``generator``, except that the batch
+    holding the longest sample goes first (an out-of-memory error then shows on the first step, not hours in) and a
+    short last batch stays last (so every other batch stays whole when a DataLoader cuts the list).
+
+    Args:
+        indices: sample indices in their shuffled order, ``(N,)``.
+        lengths: tokens of each sample of the dataset, indexed by sample index.
+        batch_size: samples per batch.
+        group_batches: batches per mega-batch; larger pads less and mixes lengths less.
+        generator: seeded generator for the batch order.
+
+    Returns:
+        The same indices in the new order.
+    """
+    mega = batch_size * max(1, group_batches)
+    batches: list[list[int]] = []
+    for start in range(0, len(indices), mega):
+        chunk = sorted(indices[start : start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    if not batches:
+        return []
+    tail = [batches.pop()] if len(batches[-1]) < batch_size else []
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    batches = [batches[i] for i in order]
+    if batches:
+        longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
+        batches[0], batches[longest] = batches[longest], batches[0]
+    return [i for batch in batches + tail for i in batch]
 
 
 class ResumableSampler(DistributedSampler):
@@ -15,6 +53,9 @@ class ResumableSampler(DistributedSampler):
     :meth:`set_epoch`. ``__len__`` stays the full epoch length, because Lightning's restored batch counter
     already counts the skipped batches.
 
+    With ``lengths`` and ``batch_size``, each rank's order is regrouped by :func:`group_by_length` (still a function
+    of ``(seed, epoch, rank)`` only, so resuming stays exact).
+
     Args:
         num_samples: length of the dataset.
         num_replicas: number of data-parallel processes.
@@ -22,6 +63,9 @@ class ResumableSampler(DistributedSampler):
         shuffle: shuffle each epoch (train) or keep the order (validation).
         seed: shuffling seed, the same on every rank.
         drop_last: drop the tail that does not divide evenly across ranks.
+        lengths: tokens per sample, ``(num_samples,)``; ``None`` = no length grouping.
+        batch_size: the DataLoader's batch size (needed with ``lengths``).
+        group_batches: batches per length-sorted mega-batch.
     """
 
     def __init__(
@@ -32,10 +76,21 @@ class ResumableSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        lengths: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        group_batches: int = 50,
     ) -> None:
         super().__init__(
             range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
         )
+        if lengths is not None:
+            if len(lengths) != num_samples:
+                raise ValueError(f"lengths has {len(lengths)} entries for {num_samples} samples")
+            if not batch_size or batch_size < 1:
+                raise ValueError("grouping by length needs the loader's batch_size")
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.group_batches = group_batches
         self._skip = 0
 
     def skip_once(self, num_samples: int) -> None:
@@ -44,5 +99,8 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
+        if self.lengths is not None:
+            generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch + 104729 * self.rank + 1)
+            indices = group_by_length(indices, self.lengths, self.batch_size, self.group_batches, generator)
         skip, self._skip = self._skip, 0
         return iter(indices[skip:])

@@ -43,7 +43,8 @@ class TokenizedRowsDataModule(RLHFDataModule):
         overlong: ``truncate`` | ``drop`` | ``error`` for rows that do not fit; counts are logged.
         use_chat_template: wrap prompts in the tokenizer's chat template; ``null`` = when the tokenizer has one.
         system_prompt: optional system message.
-        batch_size, eval_batch_size, num_workers, seed: see :class:`RLHFDataModule`.
+        batch_size, eval_batch_size, num_workers, seed, group_by_length, length_group_batches: see
+            :class:`RLHFDataModule`.
     """
 
     row_format: RowFormat = "sft"
@@ -64,8 +65,17 @@ class TokenizedRowsDataModule(RLHFDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        group_by_length: bool = False,
+        length_group_batches: int = 50,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            group_by_length=group_by_length,
+            length_group_batches=length_group_batches,
+        )
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.overlong = overlong

@@ -90,3 +90,21 @@ def test_arithmetic_verifier_scores_completions():
     rows = [{"answer": "1 3 5 7"}, {"answer": "2 4"}]
     scores = data.score_completions(["1 3 5 7", "2 5"], rows)
     assert scores == {"exact_match": [1.0, 0.0], "graded_score": [1.0, 0.5]}
+
+
+@pytest.mark.parametrize("fmt", ["sft", "preference"])
+def test_group_by_length_cuts_padding_in_training_batches(fmt):
+    from lit_rlhf.models.tiny import build_word_tokenizer
+
+    def padding_share(group: bool) -> float:
+        data = ArithmeticDataModule(format=fmt, num_train=2000, batch_size=32, group_by_length=group)
+        data.connect(build_word_tokenizer())
+        data.setup("fit")
+        real = total = 0
+        for batch in data.train_dataloader():
+            real += int(batch["attention_mask"].sum())
+            total += batch["attention_mask"].numel()
+        return 1 - real / total
+
+    plain, grouped = padding_share(False), padding_share(True)
+    assert plain > 0.15 and grouped < plain / 3
