@@ -109,33 +109,61 @@ def report(out_path: str | None, *sections: str) -> None:
 
 
 class TrainTimer(pl.Callback):
-    """Lightning callback (``--trainer.callbacks+=benchmarks.common.TrainTimer``): seconds from the first training
-    batch's start to the last one's end; with ``path``, written there as JSON at the end of ``fit``."""
+    """Lightning callback (``--trainer.callbacks+=benchmarks.common.TrainTimer``): training seconds from the first
+    training batch's start to the last one's end, less the validation runs in between.
 
-    def __init__(self, path: str | None = None) -> None:
+    Each validation during ``fit`` is recorded as ``{"batches", "train_s", "metrics": {val/...}}`` so a benchmark
+    can read the gold metric after a given number of batches or seconds. With ``budget_s``, training stops (and
+    validates, as Lightning does on ``should_stop``) when one more batch, at the mean batch time so far, would
+    take the training seconds past it. With ``path``, the totals
+    and the validations are written there as JSON at the end of ``fit``.
+    """
+
+    def __init__(self, path: str | None = None, budget_s: float | None = None) -> None:
         self.path = path
+        self.budget_s = budget_s
         self.start: float | None = None
         self.end: float | None = None
         self.batches = 0
+        self.val_s = 0.0
+        self._val_s_at_end = 0.0
+        self._val_start: float | None = None
+        self.validations: list[dict] = []
 
     def on_train_batch_start(self, *args) -> None:
         if self.start is None:
             self.start = time.perf_counter()
 
-    def on_train_batch_end(self, *args) -> None:
+    def on_train_batch_end(self, trainer, *args) -> None:
         self.end = time.perf_counter()
+        self._val_s_at_end = self.val_s
         self.batches += 1
+        # stop before the next batch would overrun the budget (at the mean batch time so far)
+        if self.budget_s is not None and self.seconds * (self.batches + 1) / self.batches > self.budget_s:
+            trainer.should_stop = True
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self.start is not None:  # not the sanity check before the first batch
+            self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._val_start is None:
+            return
+        self.val_s += time.perf_counter() - self._val_start
+        self._val_start = None
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+        self.validations.append({"batches": self.batches, "train_s": self.seconds, "metrics": metrics})
 
     @property
     def seconds(self) -> float:
-        return self.end - self.start
+        return self.end - self.start - self._val_s_at_end
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.path and trainer.is_global_zero and self.start is not None:
             import json
 
             with open(self.path, "w") as f:
-                json.dump({"train_s": self.seconds, "batches": self.batches}, f)
+                json.dump({"train_s": self.seconds, "batches": self.batches, "validations": self.validations}, f)
 
 
 def lit_versions() -> str:

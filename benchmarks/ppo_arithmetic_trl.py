@@ -12,7 +12,7 @@ install, see the README):
 
 Run with the repository's ``.venv`` (needs ``runs/arithmetic/sft/hf`` and ``runs/arithmetic/reward/hf``):
 
-    .venv/bin/python benchmarks/ppo_arithmetic_trl.py                                   # 1280 episodes each
+    .venv/bin/python benchmarks/ppo_arithmetic_trl.py                      # 3 runs of 1280 episodes each
     .venv/bin/python benchmarks/ppo_arithmetic_trl.py --total-episodes 256 --skip-lit   # the TRL side alone
     .venv/bin/python benchmarks/ppo_arithmetic_trl.py --total-episodes 19200 --critic-learning-rate 1e-4 \\
         --out docs/benchmarks.md -- --trainer.precision 32-true     # after --: more train.py arguments (lit side)
@@ -25,11 +25,15 @@ What runs:
 2. ``benchmarks/_trl_ppo_worker.py`` runs in the TRL venv (``--trl-python``): it loads the SFT export as policy and
    reference, the reward-model export as reward model and as the value model's start, answers the held-out prompts
    greedily, trains with ``PPOTrainer``, and answers them again. Timed: ``trainer.train()`` alone.
-3. Unless ``--skip-lit``: ``python train.py fit --config <--lit-config>`` with the same settings as CLI overrides and
-   ``trainer.max_steps = iterations * 2 * ppo_epochs * num_minibatches`` (both optimizers count), validating once,
-   after the last iteration. Timed: first training batch start to last training batch end (a callback), so model
-   loading, the sanity check, the final validation and the export are left out; the process wall time is reported
-   too. Its held-out exact-match before training is ``lit_rlhf.evaluate`` on the SFT export.
+3. Unless ``--skip-lit``: ``python train.py fit --config <--lit-config>`` with the same settings as CLI overrides,
+   validating after ``--total-episodes`` (the same-episodes row), then, unless ``--no-same-time``, training on until
+   its own training seconds equal TRL's for the same seed and validating again (lit_rlhf's gold after TRL's wall
+   time). Timed: first training batch start to last training batch end less the validations in between
+   (``benchmarks.common.TrainTimer``), so model loading, the sanity check, validation and the export are left
+   out; the process wall time is reported too. Its held-out exact-match before training is ``lit_rlhf.evaluate``
+   on the SFT export.
+4. Steps 2-3 repeat ``--runs`` times with seeds ``--seed``, ``--seed + 1``, ...; the summary gives medians and the
+   ratio of the median episodes/s.
 
 Timings need a quiet machine: the script warns when the load average is above 0.5 at start. On a 2-core machine
 shared with other training runs, 2 threads per process ran the same PPO iteration over 10x slower than 1 thread
@@ -46,6 +50,7 @@ import glob
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 
@@ -109,9 +114,9 @@ def write_prompts(data_dir: str, args: argparse.Namespace) -> list[dict]:
     return heldout
 
 
-def run_trl(args: argparse.Namespace, tmp: str, heldout: list[dict]) -> dict:
+def run_trl(args: argparse.Namespace, tmp: str, heldout: list[dict], seed: int) -> dict:
     """Run the worker in the TRL venv; its result, scored."""
-    out = os.path.join(tmp, "trl_result.json")
+    out = os.path.join(tmp, f"trl_result_{seed}.json")
     command = [
         args.trl_python,
         WORKER,
@@ -150,7 +155,7 @@ def run_trl(args: argparse.Namespace, tmp: str, heldout: list[dict]) -> dict:
         "--lam",
         str(args.lam),
         "--seed",
-        str(args.seed),
+        str(seed),
         "--threads",
         str(args.threads),
     ]
@@ -158,10 +163,10 @@ def run_trl(args: argparse.Namespace, tmp: str, heldout: list[dict]) -> dict:
         command += ["--missing-eos-penalty", str(args.missing_eos_penalty)]
     if args.critic_learning_rate is not None:
         command += ["--critic-learning-rate", str(args.critic_learning_rate)]
-    result, wall = run_worker(command, out, os.path.join(tmp, "trl_worker.log"))
+    result, wall = run_worker(command, out, os.path.join(tmp, f"trl_worker_{seed}.log"))
     logs = [entry for entry in result["logs"] if "objective/kl" in entry]
     return {
-        "system": f"TRL {result['versions']['trl']} PPOTrainer",
+        "system": f"TRL {result['versions']['trl']} PPOTrainer, seed {seed}",
         "episodes": result["episodes"],
         "iterations": len(logs),
         "train_s": result["train_s"],
@@ -175,17 +180,21 @@ def run_trl(args: argparse.Namespace, tmp: str, heldout: list[dict]) -> dict:
     }
 
 
-def run_lit(args: argparse.Namespace, tmp: str) -> dict:
-    """``train.py fit`` on ``--lit-config`` with this benchmark's settings; times and final metrics."""
-    from lit_rlhf.evaluate import evaluate_arithmetic
+def run_lit(args: argparse.Namespace, tmp: str, seed: int, before: float, budget_s: float | None) -> dict:
+    """``train.py fit`` on ``--lit-config`` with this benchmark's settings; times and final metrics.
+
+    Validates after ``--total-episodes`` (the same-episodes row). With ``budget_s`` (TRL's training seconds of the
+    same seed) it trains on until its own training seconds reach the budget and validates again there (the
+    same-wall-time figure); training seconds leave validation out."""
     from tests.helpers import read_events
 
     iterations = math.ceil(args.total_episodes / args.batch_size)
-    max_steps = iterations * 2 * args.ppo_epochs * args.num_mini_batches
-    timer_path = os.path.join(tmp, "lit_timer.json")
+    steps_per_iteration = 2 * args.ppo_epochs * args.num_mini_batches
+    max_steps = iterations * steps_per_iteration * (4 if budget_s is not None else 1)
+    timer_path = os.path.join(tmp, f"lit_timer_{seed}.json")
     overrides = [
         "--seed_everything",
-        str(args.seed),
+        str(seed),
         "--model.init_args.policy_name_or_path",
         args.policy,
         "--model.init_args.critic_name_or_path",
@@ -225,12 +234,11 @@ def run_lit(args: argparse.Namespace, tmp: str) -> dict:
         "--trainer.callbacks+=benchmarks.common.TrainTimer",
         f"--trainer.callbacks.init_args.path={timer_path}",
     ]
+    if budget_s is not None:
+        overrides.append(f"--trainer.callbacks.init_args.budget_s={budget_s}")
     if args.critic_learning_rate is not None:
         overrides += ["--model.init_args.critic_learning_rate", str(args.critic_learning_rate)]
-    before = evaluate_arithmetic(
-        args.policy, num_val=args.num_val, seed=args.data_seed, max_new_tokens=args.response_length
-    )["exact_match"]
-    save_dir = os.path.join(tmp, "lit")
+    save_dir = os.path.join(tmp, f"lit_{seed}")
     wall = timed_fit(args.lit_config, save_dir, *overrides, *args.extra)
     events = glob.glob(os.path.join(save_dir, "**", "events.out.tfevents.*"), recursive=True)
     if not events:
@@ -243,18 +251,33 @@ def run_lit(args: argparse.Namespace, tmp: str) -> dict:
         import yaml
 
         resolved = yaml.safe_load(f)
-    last = {tag: values[-1][1] for tag, values in scalars.items() if values}
+    matched = next(v for v in timer["validations"] if v["batches"] == iterations)
+    final = timer["validations"][-1]
+    last_step = iterations * steps_per_iteration  # the matched iteration's last optimizer step
+
+    def at_match(tag: str) -> float:
+        values = [value for step, value in scalars.get(tag, []) if step <= last_step]
+        return values[-1] if values else float("nan")
+
     return {
-        "system": "lit_rlhf PPOModule",
-        "episodes": timer["batches"] * args.batch_size,
-        "iterations": timer["batches"],
-        "train_s": timer["train_s"],
+        "system": f"lit_rlhf PPOModule, seed {seed}",
+        "episodes": iterations * args.batch_size,
+        "iterations": iterations,
+        "train_s": matched["train_s"],
         "process_s": wall,
         "before": before,
-        "after": last.get("val/exact_match", float("nan")),
-        "eos_after": last.get("val/eos_rate", float("nan")),
-        "kl": last.get("objective/kl", float("nan")),
-        "score": last.get("objective/score", float("nan")),
+        "after": matched["metrics"].get("val/exact_match", float("nan")),
+        "eos_after": matched["metrics"].get("val/eos_rate", float("nan")),
+        "kl": at_match("objective/kl"),
+        "score": at_match("objective/score"),
+        "same_time": None
+        if budget_s is None
+        else {
+            "budget_s": budget_s,
+            "train_s": final["train_s"],
+            "episodes": final["batches"] * args.batch_size,
+            "after": final["metrics"].get("val/exact_match", float("nan")),
+        },
         "config": resolved,
     }
 
@@ -271,6 +294,41 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['train_s'] / max(r['iterations'], 1):.2f} | {r['before']:.1%} → {r['after']:.1%} "
             f"| {r['eos_after']:.1%} | {r['kl']:.3f} | {r['score']:+.3f} | {r['process_s']:.1f} s |"
         )
+    trl = [r for r in rows if r["system"].startswith("TRL")]
+    lit = [r for r in rows if r["system"].startswith("lit_rlhf")]
+    timed = [r["same_time"] for r in lit if r.get("same_time")]
+    if timed:
+        lines += [
+            "",
+            "lit_rlhf after the same training seconds as TRL's run of the same seed:",
+            "",
+            "| seed | TRL train s (budget) | lit_rlhf train s | lit_rlhf episodes | lit_rlhf exact-match after |",
+            "|---|---|---|---|---|",
+        ]
+        for r in lit:
+            t = r.get("same_time")
+            if t:
+                lines.append(
+                    f"| {r['system'].rsplit(' ', 1)[-1]} | {t['budget_s']:.1f} | {t['train_s']:.1f} | {t['episodes']} "
+                    f"| {t['after']:.1%} |"
+                )
+    lines.append("")
+    for name, group in (("TRL", trl), ("lit_rlhf", lit)):
+        if group:
+            speed = statistics.median(r["episodes"] / r["train_s"] for r in group)
+            gain = statistics.median(r["after"] - r["before"] for r in group)
+            lines.append(
+                f"- {name}: median {speed:.1f} episodes/s, median exact-match change after the same episodes "
+                f"{gain * 100:+.1f} points ({len(group)} runs)"
+            )
+    if timed:
+        gain = statistics.median(t["after"] - r["before"] for r, t in zip(lit, timed))
+        lines.append(f"- lit_rlhf after TRL's wall time: median exact-match change {gain * 100:+.1f} points")
+    if trl and lit:
+        ratio = statistics.median(r["episodes"] / r["train_s"] for r in lit) / statistics.median(
+            r["episodes"] / r["train_s"] for r in trl
+        )
+        lines.append(f"- episodes/s ratio, lit_rlhf / TRL (medians): {ratio:.2f}x")
     return "\n".join(lines)
 
 
@@ -326,6 +384,10 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=1234, help="ArithmeticDataModule seed (train/held-out split)")
     parser.add_argument("--num-val", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3, help="runs per system, seeds --seed, --seed + 1, ...")
+    parser.add_argument(
+        "--no-same-time", action="store_true", help="stop lit_rlhf at --total-episodes (no same-wall-time figure)"
+    )
     parser.add_argument("--out", default=None, help="append the table and notes to this markdown file")
     parser.add_argument("extra", nargs="*", help="more CLI arguments for lit_rlhf's train.py, after --")
     args = parser.parse_args()
@@ -361,16 +423,29 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ppo_trl_bench_") as tmp:
         heldout = write_prompts(tmp, args)
-        if not args.skip_trl:
-            rows.append(run_trl(args, tmp, heldout))
-            versions = rows[-1]["detail"]["versions"]
-            print(
-                f"TRL venv: trl {versions['trl']}, transformers {versions['transformers']}, torch {versions['torch']}"
-                f", {versions['threads']} threads; optimizer {rows[-1]['detail']['settings']['optimizer']}",
-                flush=True,
-            )
+        before = None
         if not args.skip_lit:
-            rows.append(run_lit(args, tmp))
+            from lit_rlhf.evaluate import evaluate_arithmetic
+
+            before = evaluate_arithmetic(
+                args.policy, num_val=args.num_val, seed=args.data_seed, max_new_tokens=args.response_length
+            )["exact_match"]
+        for run in range(args.runs):
+            seed = args.seed + run
+            budget = None
+            if not args.skip_trl:
+                rows.append(run_trl(args, tmp, heldout, seed))
+                versions = rows[-1]["detail"]["versions"]
+                print(
+                    f"TRL venv: trl {versions['trl']}, transformers {versions['transformers']}, torch "
+                    f"{versions['torch']}, {versions['threads']} threads; optimizer "
+                    f"{rows[-1]['detail']['settings']['optimizer']}",
+                    flush=True,
+                )
+                budget = None if args.no_same_time else rows[-1]["train_s"]
+            if not args.skip_lit:
+                rows.append(run_lit(args, tmp, seed, before, budget))
+            print(markdown(rows), flush=True)
     table = markdown(rows)
     text = notes(args, rows)
     report(args.out, busy + settings, table, text)
