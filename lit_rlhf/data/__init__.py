@@ -2,7 +2,9 @@
 
 from lit_rlhf.data.arithmetic import ArithmeticDataModule
 from lit_rlhf.data.base import RLHFDataModule
+from lit_rlhf.data.mapped import MappedRowsDataModule, SkipRow, require_field
 from lit_rlhf.data.preference import PreferenceDataModule, PreferenceRowsDataModule
+from lit_rlhf.data.prompts import PromptDataModule
 from lit_rlhf.data.rows import DataError, RowSet
 from lit_rlhf.data.sft import SFTDataModule, SFTRowsDataModule
 from lit_rlhf.data.tokenized import TokenizedRowsDataModule
@@ -10,11 +12,15 @@ from lit_rlhf.data.tokenized import TokenizedRowsDataModule
 __all__ = [
     "ArithmeticDataModule",
     "DataError",
+    "MappedRowsDataModule",
     "PreferenceDataModule",
     "PreferenceRowsDataModule",
+    "PromptDataModule",
     "RLHFDataModule",
     "RowSet",
     "SFTDataModule",
     "SFTRowsDataModule",
+    "SkipRow",
     "TokenizedRowsDataModule",
+    "require_field",
 ]

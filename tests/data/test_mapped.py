@@ -1,0 +1,88 @@
+import json
+import logging
+
+import pytest
+
+from lit_rlhf.data import DataError, MappedRowsDataModule, PromptDataModule, SkipRow, require_field
+
+
+class QADataModule(MappedRowsDataModule):
+    """A toy dataset in its own schema: {q: {text}, a, skip?} → SFT or prompt rows."""
+
+    formats = ("sft", "prompt")
+    sources = {"sft": {"train": "org/qa-sft", "val_split": "validation"}}
+
+    def convert_row(self, row, where):
+        if row.get("skip"):
+            raise SkipRow("marked skip")
+        question = require_field(row, "q.text", where)
+        answer = require_field(row, "a", where)
+        if self.row_format == "sft":
+            return {"prompt": question, "response": answer}
+        return {"prompt": question, "answer": answer}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _rows(n):
+    return [{"q": {"text": f"what is {i}"}, "a": f"it is {i}"} for i in range(n)]
+
+
+def test_rows_are_mapped_skips_counted_and_logged(tmp_path, word_tokenizer, caplog):
+    rows = _rows(10)
+    rows[3]["skip"] = rows[7]["skip"] = True
+    train = _write(tmp_path / "train.jsonl", rows)
+    data = QADataModule(format="prompt", train=train, val_fraction=0.25, seed=0, max_length=32)
+    data.connect(word_tokenizer)
+    with caplog.at_level(logging.INFO):
+        data.setup("fit")
+    assert len(data.train_dataset) + len(data.val_dataset) == 8
+    assert sum(data.skipped[s].get("marked skip", 0) for s in ("train", "val")) == 2
+    assert "marked skip" in caplog.text
+    example = data.train_dataset[0]
+    assert example["row"]["answer"].startswith("it is") and example["row"]["prompt"].startswith("what is")
+
+
+def test_bad_row_names_dataset_row_and_nested_field(tmp_path, word_tokenizer):
+    rows = _rows(4)
+    rows[2]["q"] = {"txt": "typo"}
+    train = _write(tmp_path / "train.jsonl", rows)
+    data = QADataModule(train=train, val=train)
+    data.connect(word_tokenizer)
+    with pytest.raises(DataError, match=r"train.jsonl row 3: missing field 'q.text' \(present: txt\)"):
+        data.setup("fit")
+    rows[2]["q"] = {"text": 5}
+    _write(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 3: field 'q.text' must be str, got int 5"):
+        QADataModule(train=train, val=train).load_rows()
+
+
+def test_max_rows_defaults_and_format_checks(tmp_path):
+    train = _write(tmp_path / "train.jsonl", _rows(10))
+    rows = QADataModule(train=train, val=train, max_train_rows=3, max_val_rows=2).load_rows()
+    assert [len(rows["train"]), len(rows["val"])] == [3, 2]
+    assert rows["train"].numbers == [1, 2, 3]  # jsonl lines, for messages
+    default = QADataModule()
+    assert (default.train, default.val_split) == ("org/qa-sft", "validation")
+    with pytest.raises(ValueError, match="pass train"):
+        QADataModule(format="prompt")  # no default source for prompts
+    with pytest.raises(ValueError, match="serves format sft / prompt, got 'preference'"):
+        QADataModule(format="preference", train=train)
+    every = [{**r, "skip": True} for r in _rows(3)]
+    with pytest.raises(DataError, match="no usable rows.*3 marked skip"):
+        QADataModule(train=_write(tmp_path / "skip.jsonl", every), val=train).load_rows()
+
+
+def test_prompt_datamodule_keeps_every_field_for_rewards(tmp_path, word_tokenizer):
+    rows = [{"question": f"q {i}", "answer": str(i)} for i in range(6)]
+    data = PromptDataModule(
+        train=_write(tmp_path / "p.jsonl", rows), columns={"prompt": "question"}, val_fraction=0.5, batch_size=2
+    )
+    data.connect(word_tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["prompt_input_ids"].shape == batch["prompt_attention_mask"].shape
+    assert {"prompt", "answer"} <= set(batch["rows"][0])
