@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.masking import masked_mean
-from lit_rlhf.functional.ppo import (
-    gae,
-    masked_mean_var,
-    masked_whiten,
-    mean_var_from_sums,
-    mean_var_to_sums,
-    per_token_rewards,
-    ppo_policy_loss,
-    ppo_value_loss,
-)
+from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.generation import decode_responses, generate, generate_for_batch
-from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.scoring import load_reward_model
-from lit_rlhf.modules.base import CHECKPOINT_KEY, RLHFModule
+from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rollout import padding_trim, response_logprobs, response_values
-from lit_rlhf.tables import log_text, markdown_table
 
 
 class Rollout(NamedTuple):
@@ -55,7 +43,7 @@ class Rollout(NamedTuple):
     returns: torch.Tensor
 
 
-class PPOModule(RLHFModule):
+class PPOModule(OnlineRLModule):
     """PPO on prompts: sample, score, per-token KL-penalised rewards, GAE, clipped policy and value updates.
 
     One training batch of prompts is one PPO iteration: a rollout (sampling in eval mode with KV cache, no grad),
@@ -134,11 +122,7 @@ class PPOModule(RLHFModule):
         self.save_hyperparameters(ignore=["reward"])
         self.automatic_optimization = False
         self.reward = reward
-        self.tokenizer = load_tokenizer(tokenizer_name_or_path or policy_name_or_path)
-        self.model = load_causal_lm(policy_name_or_path, self.tokenizer, config_overrides=model_config)
-        reference = load_causal_lm(policy_name_or_path, self.tokenizer, config_overrides=model_config).eval()
-        reference.requires_grad_(False)
-        self._frozen = {"reference": reference}  # a plain dict: not a submodule, so not in the checkpoint
+        self.load_policy(policy_name_or_path, tokenizer_name_or_path, model_config, with_reference=True)
         self.critic = load_reward_model(
             critic_name_or_path or policy_name_or_path, self.tokenizer, config_overrides=model_config, zero_head=True
         )
@@ -147,34 +131,6 @@ class PPOModule(RLHFModule):
             if adaptive_kl_target is not None
             else FixedKLController(kl_coef)
         )
-        self.iteration = 0
-        self.val_metrics = torch.nn.ModuleDict()
-        self._samples: list[tuple[str, str, str, str]] = []
-
-    @property
-    def reference(self) -> torch.nn.Module:
-        return self._frozen["reference"]
-
-    def setup(self, stage: str) -> None:
-        """Refuse at once a prompt budget that cannot fit the policy's context with ``max_new_tokens`` after it."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        context = getattr(self.model.config, "max_position_embeddings", None)
-        max_length = getattr(datamodule, "max_length", None)
-        prompt_budget = getattr(datamodule, "max_prompt_length", None) or (max_length and max_length // 2)
-        if context and prompt_budget and prompt_budget + self.hparams.max_new_tokens > context:
-            raise ValueError(
-                f"prompts of up to {prompt_budget} tokens (the data's max_prompt_length) plus max_new_tokens="
-                f"{self.hparams.max_new_tokens} exceed the policy's context of {context} positions; lower "
-                "--data.init_args.max_prompt_length (longer prompts are then handled by its `overlong` policy) or "
-                "--model.init_args.max_new_tokens"
-            )
-
-    def on_fit_start(self) -> None:
-        self.reference.to(self.device)
-        if hasattr(self.reward, "to"):
-            self.reward.to(self.device)
-
-    on_validation_start = on_fit_start
 
     # -- 1-4: rollout, scores, per-token rewards, advantages -------------------------------------------------------
 
@@ -205,10 +161,8 @@ class PPOModule(RLHFModule):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        rows = batch["rows"]
         completions = decode_responses(self.tokenizer, generation)
-        scores = self.reward([r["prompt"] for r in rows], completions, rows, generation.has_eos.tolist())
-        scores = scores.to(self.device)
+        scores, reward_stats = self.score(batch["rows"], completions, generation.has_eos.tolist())
         if hp.missing_eos_penalty is not None:
             scores = torch.where(generation.has_eos, scores, scores - hp.missing_eos_penalty)
         logprobs = generation.logprobs  # from the sampling pass itself: no second forward of the policy
@@ -231,6 +185,7 @@ class PPOModule(RLHFModule):
             "objective/entropy": (-logprobs).sum(dim=1).mean(),
             "rollout/response_length": response_mask.sum(dim=1).float().mean(),
             "rollout/eos_rate": generation.has_eos.float().mean(),
+            **reward_stats,
         }
         experience = Rollout(
             prompt_ids, prompt_mask, response_ids, response_mask, logprobs, values, advantages, returns
@@ -249,9 +204,11 @@ class PPOModule(RLHFModule):
         updates = 0
         for _ in range(hp.ppo_epochs):
             order = torch.randperm(size, device=self.device)
-            for minibatch in order.chunk(hp.num_minibatches):
+            for minibatch in [m for m in order.tensor_split(hp.num_minibatches) if len(m)]:
                 micro_batches = [
-                    self._select(experience, micro) for micro in minibatch.chunk(hp.gradient_accumulation_steps)
+                    self._select(experience, micro)
+                    for micro in minibatch.tensor_split(hp.gradient_accumulation_steps)
+                    if len(micro)
                 ]
                 minibatch_stats = {
                     **self._update(actor_opt, actor_sched, self.model, micro_batches, self._policy_loss),
@@ -317,103 +274,13 @@ class PPOModule(RLHFModule):
         micro_batches: list[Rollout],
         loss_fn: Callable[[Rollout], tuple[torch.Tensor, dict[str, torch.Tensor]]],
     ) -> dict[str, float]:
-        """One optimizer step over a minibatch.
-
-        Backward of each micro-batch (gradients summed, each loss weighted by its share of the minibatch's tokens),
-        gradients averaged over ranks, clipped (Lightning skips clipping under manual optimization), then the
-        optimizer and scheduler steps. Returns the token-weighted mean of each statistic over the micro-batches.
-        """
-        optimizer.zero_grad()
-        stats: dict[str, float] = {}
+        """One optimizer step over a minibatch: each micro-batch's loss (a mean over its tokens) weighted by its share
+        of the minibatch's tokens, so that the summed gradient is that of the whole minibatch's token mean."""
         tokens = sum(mb.response_mask.sum() for mb in micro_batches)
-        with self._no_backward_sync():
-            for mb in micro_batches:
-                # Each loss is a mean over its micro-batch's tokens; weighting by its share of the minibatch's tokens
-                # makes the summed gradient that of the whole minibatch's token mean, as without accumulation.
-                weight = float(mb.response_mask.sum() / tokens)
-                loss, mb_stats = loss_fn(mb)
-                self.manual_backward(loss * weight)
-                for name, value in mb_stats.items():
-                    stats[name] = stats.get(name, 0.0) + float(value.detach()) * weight
-        self._average_gradients(module)
-        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
-        optimizer.step()
-        scheduler.step()
-        return stats
-
-    # -- data parallelism: each rank rolls out its own prompts; gradients and statistics are averaged ---------------
-
-    @contextlib.contextmanager
-    def _no_backward_sync(self) -> Iterator[None]:
-        """Keep DDP's reducer out of the backward passes: actor and critic are stepped separately, several times per
-        training step, which DDP's one-backward-per-forward bookkeeping cannot follow; :meth:`_average_gradients`
-        synchronises instead, once per optimizer step and only for the model being stepped."""
-        block = getattr(self.trainer.strategy, "block_backward_sync", None)
-        if self.trainer.world_size > 1 and block is not None:
-            with block():
-                yield
-        else:
-            yield
-
-    def _average_gradients(self, module: torch.nn.Module) -> None:
-        if self.trainer.world_size <= 1:
-            return
-        params = [p for p in module.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        flat = torch._utils._flatten_dense_tensors(grads)
-        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
-        for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            grad.copy_(synced)
-
-    def _global_mean_var(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked mean and unbiased variance over the tokens of every rank (the recipe of ``masked_mean_var``)."""
-        mean, var, count = masked_mean_var(values, mask)
-        if self.trainer.world_size <= 1:
-            return mean, var
-        sums = self.trainer.strategy.reduce(mean_var_to_sums(mean, var, count), reduce_op="sum")
-        return mean_var_from_sums(sums)
-
-    def _mean_over_ranks(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every scalar averaged over ranks in one collective (ranks hold equal batch sizes)."""
-        if self.trainer.world_size <= 1 or not stats:
-            return stats
-        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in stats.values()])
-        stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
-        return dict(zip(stats, stacked.unbind()))
-
-    # -- validation: greedy answers, gold metrics next to the reward ----------------------------------------------
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        generation, completions = generate_for_batch(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)
-        rows = batch["rows"]
-        datamodule = getattr(self.trainer, "datamodule", None)
-        metrics = dict(datamodule.score_completions(completions, rows)) if datamodule is not None else {}
-        rewards = self.reward([r["prompt"] for r in rows], completions, rows, generation.has_eos.tolist())
-        metrics["reward"] = rewards.tolist()
-        metrics["eos_rate"] = generation.has_eos.float().tolist()
-        metrics["response_length"] = generation.response_mask.sum(dim=1).float().tolist()
-        for name, values in metrics.items():
-            self.lazy_mean_metric(self.val_metrics, name).update(
-                torch.tensor(values, dtype=torch.float32, device=self.device)
-            )
-        room = self.hparams.num_logged_samples - len(self._samples)
-        for i in range(min(room, len(rows))):
-            gold = metrics.get("exact_match")  # the dataset's verifier, if it has one: hacking shows as reward vs gold
-            gold_text = "" if gold is None else f"{gold[i]:.0f}"
-            self._samples.append((rows[i]["prompt"], completions[i], f"{metrics['reward'][i]:+.3f}", gold_text))
-
-    def on_validation_epoch_end(self) -> None:
-        for name, metric in self.val_metrics.items():
-            if metric.update_count:
-                self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
-            self.reset_metrics(metric)
-        if self._samples and not self.trainer.sanity_checking:
-            table = markdown_table(("prompt", "greedy response", "reward", "exact match"), self._samples)
-            log_text(self.loggers, "samples/val", table, self.iteration)
-        self._samples = []
+        weights = [float(mb.response_mask.sum() / tokens) for mb in micro_batches]
+        return self.optimizer_step_over(
+            optimizer, scheduler, module, micro_batches, loss_fn, weights, self.hparams.max_grad_norm
+        )
 
     # -- optimizers, checkpoint, export -----------------------------------------------------------------------------
 
@@ -436,19 +303,12 @@ class PPOModule(RLHFModule):
         )
         return [actor, critic], [actor_sched, critic_sched]
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[CHECKPOINT_KEY]["ppo"] = {"iteration": self.iteration, "kl": self.kl_controller.state_dict()}
+    def extra_state(self) -> dict[str, Any]:
+        return {"kl": self.kl_controller.state_dict()}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint[CHECKPOINT_KEY].get("ppo", {})
-        self.iteration = state.get("iteration", 0)
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         if "kl" in state:
             self.kl_controller.load_state_dict(state["kl"])
-
-    def logging_step(self) -> int:
-        return self.iteration
 
     def export_hf(self, path: str) -> None:
         """The policy into ``path`` and the critic into ``<path>_critic``, each with the tokenizer."""

@@ -1,0 +1,223 @@
+"""What the online RL modules (PPO, GRPO) share: the policy and its frozen reference, the reward source, DDP-safe
+manual optimization, greedy validation with gold metrics and a sample table, and the iteration counter."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from lit_rlhf.functional.ppo import masked_mean_var, mean_var_from_sums, mean_var_to_sums
+from lit_rlhf.generation import generate_for_batch
+from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+from lit_rlhf.modules.base import CHECKPOINT_KEY, RLHFModule
+from lit_rlhf.rewards.base import RewardSource
+from lit_rlhf.tables import log_text, markdown_table
+
+
+class OnlineRLModule(RLHFModule):
+    """Base of modules that learn from their own samples (``automatic_optimization = False``).
+
+    Subclasses call :meth:`load_policy` in ``__init__``, implement ``training_step`` (one batch of prompts = one
+    iteration, counted in :attr:`iteration`) and may extend the checkpoint state through :meth:`extra_state` /
+    :meth:`load_extra_state`. The frozen reference and the reward source are kept out of the module's state (a
+    plain dict and a non-``Module`` object), so they are reloaded from their source, never checkpointed or trained.
+
+    Validation answers the validation prompts greedily and logs ``val/reward``, ``val/eos_rate``,
+    ``val/response_length``, every gold metric the DataModule's ``score_completions`` returns (e.g.
+    ``val/exact_match``) and the ``samples/val`` text table.
+    """
+
+    reward: RewardSource
+
+    def load_policy(
+        self,
+        policy_name_or_path: str,
+        tokenizer_name_or_path: str | None,
+        model_config: dict[str, Any] | None,
+        with_reference: bool = True,
+    ) -> None:
+        """Set ``self.tokenizer``, ``self.model`` (trained) and, with ``with_reference``, the frozen reference."""
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path or policy_name_or_path)
+        self.model = load_causal_lm(policy_name_or_path, self.tokenizer, config_overrides=model_config)
+        self._frozen: dict[str, torch.nn.Module] = {}  # a plain dict: not submodules, so not in the checkpoint
+        if with_reference:
+            reference = load_causal_lm(policy_name_or_path, self.tokenizer, config_overrides=model_config).eval()
+            reference.requires_grad_(False)
+            self._frozen["reference"] = reference
+        self.iteration = 0
+        self.val_metrics = torch.nn.ModuleDict()
+        self._samples: list[tuple[str, str, str, str]] = []
+
+    @property
+    def reference(self) -> torch.nn.Module:
+        if "reference" not in self._frozen:
+            raise RuntimeError(f"{type(self).__name__} was built without a reference model (beta = 0)")
+        return self._frozen["reference"]
+
+    def setup(self, stage: str) -> None:
+        """Refuse at once a prompt budget that cannot fit the policy's context with ``max_new_tokens`` after it."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        max_length = getattr(datamodule, "max_length", None)
+        prompt_budget = getattr(datamodule, "max_prompt_length", None) or (max_length and max_length // 2)
+        if context and prompt_budget and prompt_budget + self.hparams.max_new_tokens > context:
+            raise ValueError(
+                f"prompts of up to {prompt_budget} tokens (the data's max_prompt_length) plus max_new_tokens="
+                f"{self.hparams.max_new_tokens} exceed the policy's context of {context} positions; lower "
+                "--data.init_args.max_prompt_length (longer prompts are then handled by its `overlong` policy) or "
+                "--model.init_args.max_new_tokens"
+            )
+
+    def on_fit_start(self) -> None:
+        for frozen in self._frozen.values():
+            frozen.to(self.device)
+        if hasattr(self.reward, "to"):
+            self.reward.to(self.device)
+
+    on_validation_start = on_fit_start
+
+    def score(
+        self, rows: list[dict[str, Any]], completions: list[str], finished: list[bool]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reward source's ``(batch,)`` rewards on this module's device, and the statistics it reports about
+        itself (``last_stats``, e.g. a judge's parse rate; ``last_components`` of a weighted sum, logged as
+        ``reward/<name>`` mean and std)."""
+        rewards = self.reward([r["prompt"] for r in rows], completions, rows, finished).to(self.device)
+        stats = {k: torch.as_tensor(float(v)) for k, v in (getattr(self.reward, "last_stats", None) or {}).items()}
+        for name, values in (getattr(self.reward, "last_components", None) or {}).items():
+            values = torch.as_tensor(values, dtype=torch.float32)
+            stats[f"reward/{name}/mean"] = values.mean()
+            stats[f"reward/{name}/std"] = values.std() if values.numel() > 1 else torch.tensor(0.0)
+        return rewards, stats
+
+    # -- data parallelism: each rank samples its own prompts; gradients and statistics are averaged -----------------
+
+    def optimizer_step_over(
+        self,
+        optimizer: Any,
+        scheduler: Any,
+        module: torch.nn.Module,
+        micro_batches: list[Any],
+        loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        weights: list[float],
+        max_grad_norm: float | None,
+    ) -> dict[str, float]:
+        """One optimizer step over a minibatch given as micro-batches.
+
+        Backward of each micro-batch with its ``weight`` (their weighted losses add up to the minibatch's loss),
+        gradients averaged over ranks, clipped (Lightning skips clipping under manual optimization), then the
+        optimizer and scheduler steps. Returns the weighted sum of each statistic over the micro-batches.
+        """
+        optimizer.zero_grad()
+        stats: dict[str, float] = {}
+        with self._no_backward_sync():
+            for mb, weight in zip(micro_batches, weights, strict=True):
+                loss, mb_stats = loss_fn(mb)
+                self.manual_backward(loss * weight)
+                for name, value in mb_stats.items():
+                    stats[name] = stats.get(name, 0.0) + float(value.detach()) * weight
+        self._average_gradients(module)
+        if max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler.step()
+        return stats
+
+    @contextlib.contextmanager
+    def _no_backward_sync(self) -> Iterator[None]:
+        """Keep DDP's reducer out of the backward passes: models are stepped several times per training step (and
+        PPO steps two models separately), which DDP's one-backward-per-forward bookkeeping cannot follow;
+        :meth:`_average_gradients` synchronises instead, once per optimizer step and only for the model stepped."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        if self.trainer.world_size > 1 and block is not None:
+            with block():
+                yield
+        else:
+            yield
+
+    def _average_gradients(self, module: torch.nn.Module) -> None:
+        if self.trainer.world_size <= 1:
+            return
+        params = [p for p in module.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            grad.copy_(synced)
+
+    def _global_mean_var(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked mean and unbiased variance over the tokens of every rank (the recipe of ``masked_mean_var``)."""
+        mean, var, count = masked_mean_var(values, mask)
+        if self.trainer.world_size <= 1:
+            return mean, var
+        sums = self.trainer.strategy.reduce(mean_var_to_sums(mean, var, count), reduce_op="sum")
+        return mean_var_from_sums(sums)
+
+    def _mean_over_ranks(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every scalar averaged over ranks in one collective (ranks hold equal batch sizes)."""
+        if self.trainer.world_size <= 1 or not stats:
+            return stats
+        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in stats.values()])
+        stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
+        return dict(zip(stats, stacked.unbind()))
+
+    # -- validation: greedy answers, gold metrics next to the reward ----------------------------------------------
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        generation, completions = generate_for_batch(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)
+        rows = batch["rows"]
+        datamodule = getattr(self.trainer, "datamodule", None)
+        metrics = dict(datamodule.score_completions(completions, rows)) if datamodule is not None else {}
+        rewards, reward_stats = self.score(rows, completions, generation.has_eos.tolist())
+        metrics["reward"] = rewards.tolist()
+        for name, value in reward_stats.items():  # batch-level figures (e.g. judge/parsed_rate), weighted by rows
+            metrics[name] = [float(value)] * len(rows)
+        metrics["eos_rate"] = generation.has_eos.float().tolist()
+        metrics["response_length"] = generation.response_mask.sum(dim=1).float().tolist()
+        for name, values in metrics.items():
+            self.lazy_mean_metric(self.val_metrics, name).update(
+                torch.tensor(values, dtype=torch.float32, device=self.device)
+            )
+        room = self.hparams.num_logged_samples - len(self._samples)
+        for i in range(min(room, len(rows))):
+            gold = metrics.get("exact_match")  # the dataset's verifier, if it has one: hacking shows as reward vs gold
+            gold_text = "" if gold is None else f"{gold[i]:.0f}"
+            self._samples.append((rows[i]["prompt"], completions[i], f"{metrics['reward'][i]:+.3f}", gold_text))
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.val_metrics.items():
+            if metric.update_count:
+                self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
+            self.reset_metrics(metric)
+        if self._samples and not self.trainer.sanity_checking:
+            table = markdown_table(("prompt", "greedy response", "reward", "exact match"), self._samples)
+            log_text(self.loggers, "samples/val", table, self.iteration)
+        self._samples = []
+
+    # -- checkpoint -------------------------------------------------------------------------------------------------
+
+    def extra_state(self) -> dict[str, Any]:
+        """More state for the checkpoint (beside the iteration counter)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CHECKPOINT_KEY]["online"] = {"iteration": self.iteration, **self.extra_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint[CHECKPOINT_KEY].get("online") or checkpoint[CHECKPOINT_KEY].get("ppo", {})
+        self.iteration = state.get("iteration", 0)
+        self.load_extra_state(state)
+
+    def logging_step(self) -> int:
+        return self.iteration
