@@ -18,6 +18,8 @@ class FileRowsDataModule(TokenizedRowsDataModule):
         train_split: split of a ``datasets`` source for training.
         val_split: split of a ``datasets`` source for validation (when ``val`` is a name; default ``train_split``).
         config_name: ``datasets`` configuration.
+        data_dir: folder of a ``datasets`` repository to read (a subset that is not a configuration, e.g.
+            ``harmless-base`` of ``Anthropic/hh-rlhf``).
         columns: ``{our_field: dataset_column}``, e.g. ``{prompt: question, response: answer}``.
         val_fraction: held-out share of ``train`` when ``val`` is not given.
         max_length, max_prompt_length, overlong, use_chat_template, system_prompt, batch_size, eval_batch_size,
@@ -32,6 +34,7 @@ class FileRowsDataModule(TokenizedRowsDataModule):
         train_split: str = "train",
         val_split: str | None = None,
         config_name: str | None = None,
+        data_dir: str | None = None,
         columns: dict[str, str] | None = None,
         val_fraction: float = 0.05,
         max_length: int = 512,
@@ -66,6 +69,7 @@ class FileRowsDataModule(TokenizedRowsDataModule):
         self.train_split = train_split
         self.val_split = val_split
         self.config_name = config_name
+        self.data_dir = data_dir
         self.columns = columns
         self.val_fraction = val_fraction
 
@@ -76,6 +80,7 @@ class FileRowsDataModule(TokenizedRowsDataModule):
             train_split=self.train_split,
             val_split=self.val_split,
             config_name=self.config_name,
+            data_dir=self.data_dir,
             columns=self.columns,
             val_fraction=self.val_fraction,
             seed=self.seed,

@@ -81,7 +81,10 @@ class MappedRowsDataModule(FileRowsDataModule):
             raise ValueError(f"{type(self).__name__}: pass train (a file or a datasets name) for format {format!r}")
         super().__init__(
             source,
-            val=val if val is not None else (None if train else default.get("val")),
+            # a default validation split lives in the default source unless the source names another one
+            val=val
+            if val is not None
+            else (None if train else default.get("val") or default.get("val_split") and source),
             train_split=train_split or default.get("train_split") or "train",
             val_split=val_split or (None if train else default.get("val_split")),
             config_name=config_name if config_name is not None else (None if train else default.get("config_name")),

@@ -42,12 +42,13 @@ def load_rows(source: str, split: str = "train", config_name: str | None = None,
         if source.endswith(".json"):
             return RowSet.numbered(source, _read_json(source), first=1)
         if source.endswith(".csv"):
-            with open(source, encoding="utf-8", newline="") as f:
+            with open(source, encoding="utf-8-sig", newline="") as f:  # -sig: also files saved by Excel
                 return RowSet.numbered(source, [dict(r) for r in csv.DictReader(f)], first=1)
         import pyarrow.parquet as pq
 
         return RowSet.numbered(source, pq.read_table(source).to_pylist(), first=1)
-    label = f"{source}[{split}]" if config_name is None else f"{source}/{config_name}[{split}]"
+    subset = "/".join(str(part) for part in (config_name, load_kwargs.get("data_dir")) if part)
+    label = f"{source}/{subset}[{split}]" if subset else f"{source}[{split}]"
     return RowSet.numbered(label, _load_hub(source, split, config_name, **load_kwargs), first=0)
 
 
@@ -96,6 +97,7 @@ def load_train_val(
     train_split: str = "train",
     val_split: str | None = None,
     config_name: str | None = None,
+    data_dir: str | None = None,
     columns: dict[str, str] | None = None,
     val_fraction: float = 0.05,
     seed: int = 0,
@@ -108,6 +110,7 @@ def load_train_val(
         train_split: split of a ``datasets`` source for training.
         val_split: split of a ``datasets`` source for validation (default ``train_split``).
         config_name: ``datasets`` configuration.
+        data_dir: folder of a ``datasets`` repository to read (hub sources only).
         columns: ``{our_field: dataset_column}``.
         val_fraction: held-out share of ``train`` when ``val`` is not given.
         seed: seed of the held-out split.
@@ -115,9 +118,16 @@ def load_train_val(
     Returns:
         ``{"train": RowSet, "val": RowSet}``; rows keep their source numbers.
     """
-    rows = rename_columns(load_rows(train, train_split, config_name), columns)
+    extra = {"data_dir": data_dir} if data_dir else {}
+    rows = rename_columns(
+        load_rows(train, train_split, config_name, **(extra if not is_local_file(train) else {})), columns
+    )
     if val is not None:
-        return {"train": rows, "val": rename_columns(load_rows(val, val_split or train_split, config_name), columns)}
+        val_extra = extra if not is_local_file(val) else {}
+        return {
+            "train": rows,
+            "val": rename_columns(load_rows(val, val_split or train_split, config_name, **val_extra), columns),
+        }
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(rows) < 2:

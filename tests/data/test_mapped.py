@@ -86,3 +86,31 @@ def test_prompt_datamodule_keeps_every_field_for_rewards(tmp_path, word_tokenize
     batch = next(iter(data.train_dataloader()))
     assert batch["prompt_input_ids"].shape == batch["prompt_attention_mask"].shape
     assert {"prompt", "answer"} <= set(batch["rows"][0])
+
+
+def test_data_dir_reaches_datasets_for_hub_sources_only(tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    class Fake:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def to_list(self):
+            return self.rows
+
+    def fake_load_dataset(name, config_name=None, split="train", **kwargs):
+        calls.append((name, config_name, split, kwargs))
+        return Fake(_rows(4))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    rows = QADataModule(data_dir="harmless-base").load_rows()
+    assert calls == [
+        ("org/qa-sft", None, "train", {"data_dir": "harmless-base"}),
+        ("org/qa-sft", None, "validation", {"data_dir": "harmless-base"}),
+    ]
+    assert rows["val"].dataset == "org/qa-sft/harmless-base[validation]"
+    local = _write(tmp_path / "train.jsonl", _rows(4))
+    QADataModule(train=local, val=local, data_dir="ignored-for-files").load_rows()
+    assert len(calls) == 2
