@@ -3,6 +3,7 @@
 Nothing in this package imports Lightning; every function is tested on hand-computed tensors.
 """
 
+from lit_rlhf.functional.grpo import GroupStats, GRPOLossStats, group_advantages, grpo_loss
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import IGNORE_INDEX, mask_after_eos, masked_mean, masked_sum
@@ -26,6 +27,8 @@ from lit_rlhf.functional.sft import SFTStats, sft_loss
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
+    "GRPOLossStats",
+    "GroupStats",
     "IGNORE_INDEX",
     "PolicyStats",
     "RewardStats",
@@ -34,6 +37,8 @@ __all__ = [
     "bradley_terry_loss",
     "entropy_from_logits",
     "gae",
+    "group_advantages",
+    "grpo_loss",
     "kl_penalty",
     "last_token_index",
     "logprobs_from_logits",

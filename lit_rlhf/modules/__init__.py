@@ -1,8 +1,9 @@
 """LightningModules: one per training stage."""
 
 from lit_rlhf.modules.base import CheckpointMismatchError, RLHFModule
+from lit_rlhf.modules.grpo import GRPOModule
 from lit_rlhf.modules.ppo import PPOModule
 from lit_rlhf.modules.reward import RewardModule
 from lit_rlhf.modules.sft import SFTModule
 
-__all__ = ["CheckpointMismatchError", "PPOModule", "RLHFModule", "RewardModule", "SFTModule"]
+__all__ = ["CheckpointMismatchError", "GRPOModule", "PPOModule", "RLHFModule", "RewardModule", "SFTModule"]

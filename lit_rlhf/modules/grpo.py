@@ -1,0 +1,281 @@
+"""GRPO: several samples per prompt, group-normalised advantages, a clipped per-token surrogate, no critic."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+
+from lit_rlhf.functional.grpo import LossAveraging, group_advantages, grpo_loss
+from lit_rlhf.functional.masking import masked_mean
+from lit_rlhf.functional.schedules import ScheduleName
+from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.modules.online import OnlineRLModule
+from lit_rlhf.rewards.base import RewardSource
+from lit_rlhf.rewards.rules import WeightedSumReward
+from lit_rlhf.rollout import padding_trim, response_logprobs
+
+
+class GroupRollout(NamedTuple):
+    """One generation batch: ``num_generations`` responses per prompt, adjacent (all tensors detached).
+
+    Attributes:
+        prompt_ids: ``(batch * G, prompt_len)`` left-padded prompts (each repeated ``G`` times); ``prompt_mask``
+            their attention mask.
+        response_ids: ``(batch * G, response_len)`` sampled responses; ``response_mask`` true up to and including
+            the first EOS.
+        logprobs: ``(batch * G, response_len)`` log-probabilities under the sampling policy.
+        ref_logprobs: ``(batch * G, response_len)`` under the frozen reference (zeros when ``beta == 0``).
+        advantages: ``(batch * G,)`` one group-normalised advantage per response.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    advantages: torch.Tensor
+
+
+class GRPOModule(OnlineRLModule):
+    """Group Relative Policy Optimization (Shao et al. 2024) with the options the field added since.
+
+    One training batch of prompts is one iteration: each prompt is sampled ``num_generations`` times (eval mode, KV
+    cache, no grad; the log-probabilities come from the sampling pass), the rewards (a weighted sum of any number of
+    reward sources) are normalised within each prompt's group, and the policy takes ``num_iterations`` passes of
+    ``num_minibatches`` optimizer steps of the clipped surrogate plus ``beta`` times the k3 KL to the frozen
+    reference. ``trainer.max_steps = iterations * num_iterations * num_minibatches``. With ``beta: 0`` the reference
+    is not even loaded. There is no critic and no value loss.
+
+    Logged per iteration: ``reward`` (mean total), ``reward_std`` (mean std within groups), ``frac_reward_zero_std``
+    (groups with no signal), ``reward/<name>/mean`` and ``/std`` per source, ``completions/mean_length``,
+    ``completions/eos_rate``, ``kl``, ``policy/clipfrac``, ``policy/ratio``, ``policy/entropy``, ``loss/policy``,
+    ``lr``; at validation, what :class:`~lit_rlhf.modules.online.OnlineRLModule` logs (gold metrics, samples).
+
+    Args:
+        rewards: reward sources (``class_path`` entries), summed with ``reward_weights``.
+        reward_weights: one weight per source (``null``: all 1).
+        policy_name_or_path: the SFT export (policy and, with ``beta > 0``, the reference).
+        tokenizer_name_or_path, model_config: where the tokenizer lives if not beside the policy; config overrides.
+        learning_rate, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio: AdamW and its schedule (per
+            optimizer step).
+        num_generations: samples per prompt ``G`` (>= 2).
+        max_new_tokens, temperature, top_k, top_p: sampling.
+        beta: KL coefficient (k3 estimator); 0 skips the reference model.
+        scale_rewards: divide advantages by the group's std (``false``: Dr. GRPO).
+        loss_averaging: ``token`` (every token of the minibatch weighs the same) or ``sequence`` (per-response mean,
+            then mean over responses, as the GRPO paper).
+        clip_range, clip_range_high: the ratio's clip range ``[1 - clip_range, 1 + clip_range_high]``
+            (``clip_range_high`` null = ``clip_range``).
+        num_iterations: passes over each generation batch (``mu`` in the paper; > 1 reuses samples off-policy).
+        num_minibatches: optimizer steps per pass.
+        gradient_accumulation_steps: micro-batches per minibatch (memory), gradients summed exactly.
+        missing_eos_penalty: subtracted from the reward of responses cut by ``max_new_tokens``; ``null`` = none.
+        max_grad_norm: gradient clipping norm.
+        num_logged_samples: rows of the validation sample table.
+    """
+
+    def __init__(
+        self,
+        rewards: list[RewardSource],
+        reward_weights: list[float] | None = None,
+        policy_name_or_path: str = "runs/arithmetic/sft/hf",
+        tokenizer_name_or_path: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        learning_rate: float = 1e-6,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: ScheduleName = "constant",
+        min_lr_ratio: float = 0.0,
+        num_generations: int = 8,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        beta: float = 0.0,
+        scale_rewards: bool = True,
+        loss_averaging: LossAveraging = "token",
+        clip_range: float = 0.2,
+        clip_range_high: float | None = None,
+        num_iterations: int = 1,
+        num_minibatches: int = 1,
+        gradient_accumulation_steps: int = 1,
+        missing_eos_penalty: float | None = None,
+        max_grad_norm: float = 1.0,
+        num_logged_samples: int = 8,
+    ) -> None:
+        super().__init__()
+        if num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 (a group needs a baseline), got {num_generations}")
+        if num_iterations < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
+            raise ValueError(
+                "num_iterations, num_minibatches and gradient_accumulation_steps must be >= 1; got "
+                f"{num_iterations}, {num_minibatches}, {gradient_accumulation_steps}"
+            )
+        if loss_averaging not in ("token", "sequence"):
+            raise ValueError(f"loss_averaging must be 'token' or 'sequence', got {loss_averaging!r}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.save_hyperparameters(ignore=["rewards"])
+        self.automatic_optimization = False
+        self.reward = WeightedSumReward(list(rewards), reward_weights, name="reward")
+        self.load_policy(policy_name_or_path, tokenizer_name_or_path, model_config, with_reference=beta > 0)
+
+    # -- generation batch --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(self, batch: dict[str, Any]) -> tuple[GroupRollout, dict[str, torch.Tensor]]:
+        """Sample ``G`` responses per prompt, score them and normalise the rewards within each group."""
+        hp = self.hparams
+        g = hp.num_generations
+        prompt_ids = batch["prompt_input_ids"].repeat_interleave(g, dim=0)
+        prompt_mask = batch["prompt_attention_mask"].repeat_interleave(g, dim=0)
+        rows = [row for row in batch["rows"] for _ in range(g)]
+        generation = generate(
+            self.model,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=hp.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=hp.temperature,
+            top_k=hp.top_k,
+            top_p=hp.top_p,
+            return_logprobs=True,
+        )
+        if not bool(generation.has_eos.any()):
+            warnings.warn(
+                f"Every response of this generation batch ({len(generation.has_eos)} samples) reached "
+                f"max_new_tokens={hp.max_new_tokens} without EOS; raise max_new_tokens if this persists.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        completions = decode_responses(self.tokenizer, generation)
+        rewards, reward_stats = self.score(rows, completions, generation.has_eos.tolist())
+        if hp.missing_eos_penalty is not None:
+            rewards = torch.where(generation.has_eos, rewards, rewards - hp.missing_eos_penalty)
+        advantages, groups = group_advantages(rewards, g, scale_by_std=hp.scale_rewards)
+        response_mask = generation.response_mask
+        if hp.beta > 0:
+            ref_logprobs = response_logprobs(
+                self.reference, prompt_ids, prompt_mask, generation.response_ids, response_mask, hp.temperature
+            )
+        else:
+            ref_logprobs = torch.zeros_like(generation.logprobs)
+        stats = {
+            "reward": rewards.mean(),
+            "reward_std": groups.mean_std,
+            "frac_reward_zero_std": groups.zero_std_fraction,
+            "completions/mean_length": response_mask.sum(dim=1).float().mean(),
+            "completions/eos_rate": generation.has_eos.float().mean(),
+            **reward_stats,
+        }
+        experience = GroupRollout(
+            prompt_ids,
+            prompt_mask,
+            generation.response_ids,
+            response_mask,
+            generation.logprobs,
+            ref_logprobs,
+            advantages,
+        )
+        return experience, stats
+
+    # -- policy updates -----------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp = self.hparams
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        experience, stats = self.rollout(batch)
+        size = experience.prompt_ids.size(0)
+        sums: dict[str, float] = {}
+        updates = 0
+        for _ in range(hp.num_iterations):
+            order = torch.randperm(size, device=self.device)
+            for minibatch in [m for m in order.tensor_split(hp.num_minibatches) if len(m)]:
+                micro_batches = [
+                    self._select(experience, m)
+                    for m in minibatch.tensor_split(hp.gradient_accumulation_steps)
+                    if len(m)
+                ]
+                if hp.loss_averaging == "token":  # each micro-batch's token mean, weighted by its share of tokens
+                    tokens = sum(mb.response_mask.sum() for mb in micro_batches)
+                    weights = [float(mb.response_mask.sum() / tokens) for mb in micro_batches]
+                else:  # each micro-batch's mean over responses, weighted by its share of responses
+                    weights = [mb.prompt_ids.size(0) / len(minibatch) for mb in micro_batches]
+                step_stats = self.optimizer_step_over(
+                    optimizer, scheduler, self.model, micro_batches, self._loss, weights, hp.max_grad_norm
+                )
+                for name, value in step_stats.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                updates += 1
+        update_stats = {k: torch.tensor(v / updates) for k, v in sums.items()}
+        logged = self._mean_over_ranks({**stats, **update_stats})
+        self.iteration += 1
+        logged["lr"] = optimizer.param_groups[0]["lr"]
+        logged["iteration"] = self.iteration
+        # Already averaged over ranks above (one collective per iteration), so no sync_dist here.
+        self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
+        self.log("reward_mean", logged["reward"], prog_bar=True, batch_size=size, logger=False)
+        self.log("kl_mean", logged["kl"], prog_bar=True, batch_size=size, logger=False)
+
+    @staticmethod
+    def _select(experience: GroupRollout, rows: torch.Tensor) -> GroupRollout:
+        """The rows ``rows`` of a generation batch, without the padding columns none of them needs."""
+        start, length = padding_trim(experience.prompt_mask[rows], experience.response_mask[rows])
+        return GroupRollout(
+            experience.prompt_ids[rows, start:],
+            experience.prompt_mask[rows, start:],
+            *(t[rows, :length] for t in experience[2:6]),
+            experience.advantages[rows],
+        )
+
+    def _loss(self, mb: GroupRollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hp = self.hparams
+        logprobs, entropy = response_logprobs(
+            self.model,
+            mb.prompt_ids,
+            mb.prompt_mask,
+            mb.response_ids,
+            mb.response_mask,
+            hp.temperature,
+            with_entropy=True,
+        )
+        loss, stats = grpo_loss(
+            logprobs,
+            mb.logprobs,
+            mb.advantages,
+            mb.response_mask,
+            clip_range=hp.clip_range,
+            clip_range_high=hp.clip_range_high,
+            beta=hp.beta,
+            ref_logprobs=mb.ref_logprobs if hp.beta > 0 else None,
+            averaging=hp.loss_averaging,
+        )
+        return loss, {
+            "loss/policy": loss,
+            "kl": stats.kl,
+            "policy/clipfrac": stats.clipfrac,
+            "policy/ratio": stats.ratio_mean,
+            "policy/entropy": masked_mean(entropy, mb.response_mask),
+        }
+
+    def configure_optimizers(self) -> tuple[list, list]:
+        hp = self.hparams
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9
+        optimizer, scheduler = self.build_optimizer(
+            list(self.model.named_parameters()),
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            betas=tuple(hp.betas),
+            warmup_steps=hp.warmup_steps,
+            lr_schedule=hp.lr_schedule,
+            min_lr_ratio=hp.min_lr_ratio,
+            total_steps=total,
+        )
+        return [optimizer], [scheduler]

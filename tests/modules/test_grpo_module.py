@@ -1,0 +1,132 @@
+import lightning as L
+import pytest
+import torch
+
+from lit_rlhf.data import ArithmeticDataModule
+from lit_rlhf.modules.grpo import GRPOModule
+from lit_rlhf.rewards import ArithmeticVerifierReward
+from lit_rlhf.rewards.rules import LengthReward
+from tests.modules.test_ppo_module import policy_dir  # noqa: F401 - the tiny SFT export fixture
+
+GRPO_METRICS = (
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "reward/arithmetic_verifier/mean",
+    "reward/arithmetic_verifier/std",
+    "reward/length/mean",
+    "reward/length/std",
+    "completions/mean_length",
+    "completions/eos_rate",
+    "kl",
+    "policy/clipfrac",
+    "policy/ratio",
+    "policy/entropy",
+    "loss/policy",
+    "lr",
+    "val/exact_match",
+    "val/reward",
+)
+
+
+def make(tmp_path, policy_dir, iterations, **module_kwargs):
+    L.seed_everything(0)
+    options = {
+        "rewards": [ArithmeticVerifierReward("graded_score"), LengthReward(ideal_length=10, unit="characters")],
+        "reward_weights": [1.0, 0.01],
+        "policy_name_or_path": policy_dir,
+        "num_generations": 4,
+        "max_new_tokens": 8,
+        "num_iterations": 2,
+        "num_minibatches": 2,
+        "learning_rate": 1e-3,
+        "beta": 0.1,
+        **module_kwargs,
+    }
+    module = GRPOModule(**options)
+    data = ArithmeticDataModule(format="prompt", num_train=64, num_val=16, batch_size=4)
+    steps = options["num_iterations"] * options["num_minibatches"]
+    trainer = L.Trainer(
+        max_steps=iterations * steps,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=iterations,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
+    return module, data, trainer
+
+
+def test_a_few_iterations_change_the_policy_and_not_the_reference(tmp_path, policy_dir):  # noqa: F811
+    module, data, trainer = make(tmp_path, policy_dir, iterations=3)
+    policy = {k: v.clone() for k, v in module.model.state_dict().items()}
+    reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    trainer.fit(module, data)
+    assert module.iteration == 3 and trainer.global_step == 3 * 4
+    assert any(not torch.equal(v, policy[k]) for k, v in module.model.state_dict().items())
+    assert all(torch.equal(v, reference[k]) for k, v in module.reference.state_dict().items())
+    for name in GRPO_METRICS:
+        assert name in trainer.callback_metrics, name
+    assert trainer.callback_metrics["kl"] > 0  # the policy moved away from the reference
+    assert not any("reference" in k for k in module.state_dict())
+
+
+def test_beta_zero_loads_no_reference(tmp_path, policy_dir):  # noqa: F811
+    module, data, trainer = make(tmp_path, policy_dir, iterations=1, beta=0.0, num_iterations=1, num_minibatches=1)
+    with pytest.raises(RuntimeError, match="without a reference"):
+        module.reference  # noqa: B018
+    trainer.fit(module, data)
+    assert trainer.callback_metrics["kl"] == 0.0
+    # one pass, one minibatch: the samples' own policy, so the ratio is 1 and nothing is clipped
+    assert trainer.callback_metrics["policy/ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert trainer.callback_metrics["policy/clipfrac"] == 0.0
+
+
+class Recorder(L.Callback):
+    def __init__(self):
+        self.values = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        metrics = trainer.callback_metrics
+        self.values[pl_module.iteration] = (metrics["loss/policy"].item(), metrics["reward"].item())
+
+
+def test_resume_continues_the_same_run(tmp_path, policy_dir):  # noqa: F811
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    full = Recorder()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=8, save_top_k=-1, filename="{step}")
+    module, data, trainer = make(tmp_path / "a", policy_dir, iterations=4)
+    trainer.callbacks += [full, ckpt]
+    trainer.fit(module, data)
+
+    resumed = Recorder()
+    module, data, trainer = make(tmp_path / "b", policy_dir, iterations=4)
+    trainer.callbacks += [resumed]
+    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / "step=8.ckpt"))
+    assert sorted(resumed.values) == [3, 4]
+    for iteration, (loss, reward) in resumed.values.items():
+        assert loss == pytest.approx(full.values[iteration][0], abs=1e-6), iteration
+        assert reward == pytest.approx(full.values[iteration][1], abs=1e-6), iteration
+
+
+@pytest.mark.parametrize("averaging", ["token", "sequence"])
+def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir, averaging):  # noqa: F811
+    weights = []
+    for steps in (1, 2):
+        module, data, trainer = make(
+            tmp_path / str(steps), policy_dir, iterations=1, gradient_accumulation_steps=steps, loss_averaging=averaging
+        )
+        trainer.fit(module, data)
+        weights.append({k: v.clone() for k, v in module.model.state_dict().items()})
+    for name, value in weights[0].items():
+        assert torch.allclose(value, weights[1][name], atol=1e-5), name
+
+
+def test_bad_options_are_refused(policy_dir):  # noqa: F811
+    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+        GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, num_generations=1)
+    with pytest.raises(ValueError, match="loss_averaging"):
+        GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, loss_averaging="batch")
