@@ -115,13 +115,14 @@ class TrainTimer(pl.Callback):
     Each validation during ``fit`` is recorded as ``{"batches", "train_s", "metrics": {val/...}}`` so a benchmark
     can read the gold metric after a given number of batches or seconds. With ``budget_s``, training stops (and
     validates, as Lightning does on ``should_stop``) when one more batch, at the mean batch time so far, would
-    take the training seconds past it. With ``path``, the totals
+    take the training seconds past it, but not before ``min_batches`` batches. With ``path``, the totals
     and the validations are written there as JSON at the end of ``fit``.
     """
 
-    def __init__(self, path: str | None = None, budget_s: float | None = None) -> None:
+    def __init__(self, path: str | None = None, budget_s: float | None = None, min_batches: int = 0) -> None:
         self.path = path
         self.budget_s = budget_s
+        self.min_batches = min_batches
         self.start: float | None = None
         self.end: float | None = None
         self.batches = 0
@@ -139,7 +140,8 @@ class TrainTimer(pl.Callback):
         self._val_s_at_end = self.val_s
         self.batches += 1
         # stop before the next batch would overrun the budget (at the mean batch time so far)
-        if self.budget_s is not None and self.seconds * (self.batches + 1) / self.batches > self.budget_s:
+        over = self.budget_s is not None and self.seconds * (self.batches + 1) / self.batches > self.budget_s
+        if over and self.batches >= self.min_batches:
             trainer.should_stop = True
 
     def on_validation_start(self, trainer, pl_module) -> None:

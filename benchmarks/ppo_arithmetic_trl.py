@@ -235,7 +235,10 @@ def run_lit(args: argparse.Namespace, tmp: str, seed: int, before: float, budget
         f"--trainer.callbacks.init_args.path={timer_path}",
     ]
     if budget_s is not None:
-        overrides.append(f"--trainer.callbacks.init_args.budget_s={budget_s}")
+        overrides += [
+            f"--trainer.callbacks.init_args.budget_s={budget_s}",
+            f"--trainer.callbacks.init_args.min_batches={iterations}",
+        ]
     if args.critic_learning_rate is not None:
         overrides += ["--model.init_args.critic_learning_rate", str(args.critic_learning_rate)]
     save_dir = os.path.join(tmp, f"lit_{seed}")
@@ -271,7 +274,7 @@ def run_lit(args: argparse.Namespace, tmp: str, seed: int, before: float, budget
         "kl": at_match("objective/kl"),
         "score": at_match("objective/score"),
         "same_time": None
-        if budget_s is None
+        if budget_s is None or matched["train_s"] > budget_s  # slower than TRL: no same-time point past the match
         else {
             "budget_s": budget_s,
             "train_s": final["train_s"],
@@ -322,8 +325,11 @@ def markdown(rows: list[dict]) -> str:
                 f"{gain * 100:+.1f} points ({len(group)} runs)"
             )
     if timed:
-        gain = statistics.median(t["after"] - r["before"] for r, t in zip(lit, timed))
-        lines.append(f"- lit_rlhf after TRL's wall time: median exact-match change {gain * 100:+.1f} points")
+        gain = statistics.median(r["same_time"]["after"] - r["before"] for r in lit if r.get("same_time"))
+        lines.append(
+            f"- lit_rlhf after TRL's wall time: median exact-match change {gain * 100:+.1f} points ({len(timed)} of "
+            f"{len(lit)} runs; a run slower than TRL's has no same-time point after the same episodes)"
+        )
     if trl and lit:
         ratio = statistics.median(r["episodes"] / r["train_s"] for r in lit) / statistics.median(
             r["episodes"] / r["train_s"] for r in trl
