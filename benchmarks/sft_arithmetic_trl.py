@@ -119,7 +119,9 @@ def write_rows(data_dir: str, model_dir: str, data_args: dict) -> tuple[list[dic
     return heldout, len(data.train_dataset)
 
 
-def run_trl(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, heldout: list[dict], run: int) -> dict:
+def run_trl(
+    args: argparse.Namespace, s: dict, tmp: str, model_dir: str, heldout: list[dict], run: int, seed: int
+) -> dict:
     out = os.path.join(tmp, f"trl_result_{run}.json")
     command = [
         args.trl_python,
@@ -151,7 +153,7 @@ def run_trl(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, heldout
         "--max-new-tokens",
         str(s["max_new_tokens"]),
         "--seed",
-        str(s["seed"]),
+        str(seed),
         "--threads",
         str(args.threads),
     ]
@@ -170,12 +172,14 @@ def run_trl(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, heldout
     }
 
 
-def run_lit(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, run: int) -> dict:
+def run_lit(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, run: int, seed: int) -> dict:
     from tests.helpers import read_events
 
     timer_path = os.path.join(tmp, f"lit_timer_{run}.json")
     save_dir = os.path.join(tmp, f"lit_{run}")
     overrides = [
+        "--seed_everything",
+        str(seed),
         "--model.init_args.model_name_or_path",
         model_dir,
         "--trainer.max_steps",
@@ -245,6 +249,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's max_steps)")
     parser.add_argument("--runs", type=int, default=3, help="runs per system (medians are reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per process")
+    parser.add_argument(
+        "--vary-seed",
+        action="store_true",
+        help="run r uses seed + r (start model, data order) for both systems: medians over seeds, not only timings",
+    )
     parser.add_argument("--skip-lit", action="store_true", help="run the TRL side only")
     parser.add_argument("--skip-trl", action="store_true", help="run the lit_rlhf side only")
     parser.add_argument("--out", default=None, help="append the table and notes to this markdown file")
@@ -273,14 +282,16 @@ def main() -> None:
         "seed": config.get("seed_everything", 1234),
     }
 
+    seed_note = " + run index" if args.vary_seed else ""
     busy = load_warning()
     print(machine_line())
     print(busy, end="")
     settings = (
-        f"settings ({args.lit_config}): fresh tiny-arithmetic Llama (seed {s['seed']}), {s['steps']} steps of batch "
-        f"{s['batch_size']}, AdamW lr {s['learning_rate']} weight decay {s['weight_decay']}, {s['warmup_steps']} "
-        f"warmup steps then {s['lr_schedule']} to {s['min_lr_ratio']} x lr, clip {s['max_grad_norm']}, max length "
-        f"{s['max_length']}, fp32, {args.threads} thread(s); held-out: {data_args['num_val']} prompts, greedy, "
+        f"settings ({args.lit_config}): fresh tiny-arithmetic Llama (seed {s['seed']}{seed_note}), "
+        f"{s['steps']} steps of batch {s['batch_size']}, AdamW lr {s['learning_rate']} "
+        f"weight decay {s['weight_decay']}, {s['warmup_steps']} warmup steps then {s['lr_schedule']} "
+        f"to {s['min_lr_ratio']} x lr, clip {s['max_grad_norm']}, max length {s['max_length']}, fp32, "
+        f"{args.threads} thread(s); held-out: {data_args['num_val']} prompts, greedy, "
         f"{s['max_new_tokens']} new tokens"
     )
     print(settings, flush=True)
@@ -292,8 +303,12 @@ def main() -> None:
         heldout, num_train = write_rows(tmp, model_dir, data_args)
         print(f"rows: {num_train} training, {len(heldout)} held-out; start model saved to {model_dir}", flush=True)
         for run in range(args.runs):
+            seed = s["seed"] + run if args.vary_seed else s["seed"]
+            if seed != s["seed"]:  # another start model and data order for both systems
+                model_dir = os.path.join(tmp, f"fresh_model_{seed}")
+                save_fresh_model(model_dir, seed)
             if not args.skip_trl:
-                row = run_trl(args, s, tmp, model_dir, heldout, run)
+                row = run_trl(args, s, tmp, model_dir, heldout, run, seed)
                 rows.setdefault(row["system"], []).append(row)
                 v = row["detail"]["versions"]
                 versions_line = (
@@ -309,7 +324,7 @@ def main() -> None:
                     flush=True,
                 )
             if not args.skip_lit:
-                row = run_lit(args, s, tmp, model_dir, run)
+                row = run_lit(args, s, tmp, model_dir, run, seed)
                 rows.setdefault(row["system"], []).append(row)
                 print(
                     f"run {run + 1}: {row['system']}: {row['train_s']:.1f}s, {row['samples_per_s']:.0f} samples/s, "

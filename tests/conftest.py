@@ -34,3 +34,16 @@ def word_tokenizer():
     from lit_rlhf.models import build_word_tokenizer
 
     return build_word_tokenizer()
+
+
+@pytest.fixture
+def policy_dir(tmp_path):
+    """A tiny untrained Llama with the word-level tokenizer as an HF folder (the "SFT export" of module tests)."""
+    from lit_rlhf.models import build_word_tokenizer
+    from lit_rlhf.models.tiny import build_tiny_llama
+
+    tokenizer = build_word_tokenizer()
+    path = str(tmp_path / "sft")
+    build_tiny_llama(tokenizer, TINY_MODEL_CONFIG).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

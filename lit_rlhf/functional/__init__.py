@@ -23,6 +23,7 @@ from lit_rlhf.functional.ppo import (
 from lit_rlhf.functional.reward import RewardStats, bradley_terry_loss, last_token_index
 from lit_rlhf.functional.schedules import warmup_decay_factor
 from lit_rlhf.functional.sft import SFTStats, sft_loss
+from lit_rlhf.functional.winrate import WinRateStats, bootstrap_ci, normal_ci, order_scores, pair_scores, win_rate_stats
 
 __all__ = [
     "AdaptiveKLController",
@@ -34,6 +35,8 @@ __all__ = [
     "RewardStats",
     "SFTStats",
     "ValueStats",
+    "WinRateStats",
+    "bootstrap_ci",
     "bradley_terry_loss",
     "entropy_from_logits",
     "gae",
@@ -47,6 +50,9 @@ __all__ = [
     "masked_mean_var",
     "mean_var_from_sums",
     "mean_var_to_sums",
+    "normal_ci",
+    "order_scores",
+    "pair_scores",
     "masked_sum",
     "masked_whiten",
     "per_token_rewards",
@@ -54,4 +60,5 @@ __all__ = [
     "ppo_value_loss",
     "sft_loss",
     "warmup_decay_factor",
+    "win_rate_stats",
 ]

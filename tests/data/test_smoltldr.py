@@ -14,6 +14,7 @@ TRAIN = os.path.join(FIXTURES, "smoltldr", "train.jsonl")
 VAL = os.path.join(FIXTURES, "smoltldr", "validation.jsonl")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PPO_CONFIG = os.path.join(ROOT, "configs", "smoltldr", "ppo.yaml")
+GRPO_CONFIG = PPO_CONFIG.replace("ppo.yaml", "grpo.yaml")
 
 
 def read_jsonl(path):
@@ -165,4 +166,37 @@ def test_a_few_ppo_steps_from_the_config_with_length_and_format_rewards(tmp_path
     trained = cli.model.model.state_dict()
     changed = [name for name, value in initial.items() if not torch.equal(value, trained[name])]
     assert "transformer.h.0.mlp.c_fc.weight" in changed and "transformer.h.1.attn.c_attn.weight" in changed
+    assert os.path.isfile(run_dir / "hf" / "model.safetensors")
+
+
+def test_a_few_grpo_steps_from_the_config_log_each_reward_source(tmp_path, tiny_gpt2):
+    from lit_rlhf.cli import cli_main
+
+    run_dir = tmp_path / "runs" / "smoltldr" / "grpo"
+    overrides = {
+        "model.init_args.policy_name_or_path": tiny_gpt2,
+        "model.init_args.max_new_tokens": "8",
+        "model.init_args.num_generations": "4",
+        "model.init_args.learning_rate": "1e-3",
+        "data.init_args.train": TRAIN,
+        "data.init_args.val": VAL,
+        "data.init_args.batch_size": "2",
+        "data.init_args.eval_batch_size": "4",
+        "data.init_args.max_length": "64",
+        "data.init_args.max_prompt_length": "48",
+        "trainer.accelerator": "cpu",
+        "trainer.precision": "32-true",
+        "trainer.max_steps": "8",  # 2 iterations x 1 pass x 4 minibatches
+        "trainer.val_check_interval": "2",
+        "trainer.enable_progress_bar": "false",
+        "trainer.logger.init_args.save_dir": str(tmp_path / "runs"),
+    }
+    args = ["fit", "--config", GRPO_CONFIG] + [x for key, value in overrides.items() for x in (f"--{key}", value)]
+    cli = cli_main(args)
+    assert cli.model.iteration == 2 and cli.trainer.global_step == 8
+    scalars, _ = read_events(str(run_dir))
+    for name in ("reward", "reward_std", "frac_reward_zero_std", "kl", "val/reward"):
+        assert name in scalars, name
+    for name in ("length", "format"):
+        assert len(scalars[f"reward/{name}/mean"]) == 2 and len(scalars[f"reward/{name}/std"]) == 2
     assert os.path.isfile(run_dir / "hf" / "model.safetensors")

@@ -6,7 +6,6 @@ from lit_rlhf.data import ArithmeticDataModule
 from lit_rlhf.modules.grpo import GRPOModule
 from lit_rlhf.rewards import ArithmeticVerifierReward
 from lit_rlhf.rewards.rules import LengthReward
-from tests.modules.test_ppo_module import policy_dir  # noqa: F401 - the tiny SFT export fixture
 
 GRPO_METRICS = (
     "reward",
@@ -59,7 +58,7 @@ def make(tmp_path, policy_dir, iterations, **module_kwargs):
     return module, data, trainer
 
 
-def test_a_few_iterations_change_the_policy_and_not_the_reference(tmp_path, policy_dir):  # noqa: F811
+def test_a_few_iterations_change_the_policy_and_not_the_reference(tmp_path, policy_dir):
     module, data, trainer = make(tmp_path, policy_dir, iterations=3)
     policy = {k: v.clone() for k, v in module.model.state_dict().items()}
     reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
@@ -73,7 +72,7 @@ def test_a_few_iterations_change_the_policy_and_not_the_reference(tmp_path, poli
     assert not any("reference" in k for k in module.state_dict())
 
 
-def test_beta_zero_loads_no_reference(tmp_path, policy_dir):  # noqa: F811
+def test_beta_zero_loads_no_reference(tmp_path, policy_dir):
     module, data, trainer = make(tmp_path, policy_dir, iterations=1, beta=0.0, num_iterations=1, num_minibatches=1)
     with pytest.raises(RuntimeError, match="without a reference"):
         module.reference  # noqa: B018
@@ -93,7 +92,7 @@ class Recorder(L.Callback):
         self.values[pl_module.iteration] = (metrics["loss/policy"].item(), metrics["reward"].item())
 
 
-def test_resume_continues_the_same_run(tmp_path, policy_dir):  # noqa: F811
+def test_resume_continues_the_same_run(tmp_path, policy_dir):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     full = Recorder()
@@ -113,7 +112,7 @@ def test_resume_continues_the_same_run(tmp_path, policy_dir):  # noqa: F811
 
 
 @pytest.mark.parametrize("averaging", ["token", "sequence"])
-def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir, averaging):  # noqa: F811
+def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir, averaging):
     weights = []
     for steps in (1, 2):
         module, data, trainer = make(
@@ -125,7 +124,7 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir, avera
         assert torch.allclose(value, weights[1][name], atol=1e-5), name
 
 
-def test_bad_options_are_refused(policy_dir):  # noqa: F811
+def test_bad_options_are_refused(policy_dir):
     with pytest.raises(ValueError, match="num_generations must be >= 2"):
         GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, num_generations=1)
     with pytest.raises(ValueError, match="loss_averaging"):

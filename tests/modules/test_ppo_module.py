@@ -3,11 +3,8 @@ import pytest
 import torch
 
 from lit_rlhf.data import ArithmeticDataModule
-from lit_rlhf.models import build_word_tokenizer
-from lit_rlhf.models.tiny import build_tiny_llama
 from lit_rlhf.modules import PPOModule
 from lit_rlhf.rewards import ArithmeticVerifierReward
-from tests.conftest import TINY_MODEL_CONFIG
 
 PPO_METRICS = (
     "objective/score",
@@ -34,15 +31,6 @@ PPO_METRICS = (
     "val/reward",
     "val/eos_rate",
 )
-
-
-@pytest.fixture
-def policy_dir(tmp_path):
-    tokenizer = build_word_tokenizer()
-    path = str(tmp_path / "sft")
-    build_tiny_llama(tokenizer, TINY_MODEL_CONFIG).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def make(tmp_path, policy_dir, iterations, **module_kwargs):
