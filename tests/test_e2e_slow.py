@@ -118,3 +118,23 @@ def test_default_ppo_config_on_the_sft_and_reward_exports(runs):
         reward_hf,
     )
     check_ppo_run(runs, "ppo")
+
+
+@pytest.mark.slow
+def test_default_grpo_config_on_the_sft_export(runs):
+    train(
+        "configs/arithmetic/grpo.yaml",
+        str(runs),
+        "--model.init_args.policy_name_or_path",
+        str(runs / "arithmetic" / "sft" / "hf"),
+    )
+    sft = read_events(str(runs / "arithmetic" / "sft"))[0]["val/exact_match"][-1][1]
+    run_dir = runs / "arithmetic" / "grpo"
+    scalars, texts = read_events(str(run_dir))
+    # Floors, not the tuning target (figures in docs/benchmarks.md): GRPO must not wreck the policy.
+    assert scalars["val/exact_match"][-1][1] >= sft - 0.03, (sft, scalars["val/exact_match"])
+    assert scalars["val/eos_rate"][-1][1] >= 0.95
+    assert len(scalars["reward/arithmetic_verifier/mean"]) == 300  # one point per iteration, per reward source
+    assert "samples/val/text_summary" in texts
+    for name in ("hf/model.safetensors", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
