@@ -61,6 +61,52 @@ def exact_match_rate(completions: list[str], heldout: list[dict]) -> float:
     return sum(exact_match(c, row["answer"]) for c, row in zip(completions, heldout, strict=True)) / len(heldout)
 
 
+def write_arithmetic_prompts(data_dir: str, policy: str, num_val: int, data_seed: int) -> list[dict]:
+    """Training and held-out arithmetic prompts as lit_rlhf tokenizes them (with ``policy``'s tokenizer), written to
+    ``<data_dir>/train.jsonl`` and ``heldout.jsonl`` as ``{prompt, prompt_ids, answer}`` rows for a TRL worker;
+    returns the held-out rows."""
+    import json
+
+    from lit_rlhf.data.arithmetic import ArithmeticDataModule
+    from lit_rlhf.models.loading import load_tokenizer
+
+    data = ArithmeticDataModule(format="prompt", num_val=num_val, seed=data_seed, max_length=64)
+    data.connect(load_tokenizer(policy))
+    data.setup("fit")
+    heldout = []
+    for split, examples in (("train", data.train_dataset), ("heldout", data.val_dataset)):
+        with open(os.path.join(data_dir, f"{split}.jsonl"), "w") as f:
+            for ex in examples:
+                row = {"prompt": ex["row"]["prompt"], "prompt_ids": ex["prompt_ids"], "answer": ex["row"]["answer"]}
+                f.write(json.dumps(row) + "\n")
+                if split == "heldout":
+                    heldout.append(row)
+    print(f"prompts: {len(data.train_dataset)} training, {len(heldout)} held-out (data seed {data_seed})")
+    return heldout
+
+
+def same_time_table(lit_rows: list[dict], unit: str) -> list[str]:
+    """Markdown lines of lit_rlhf's gold after TRL's training seconds (rows with a ``same_time`` record holding
+    ``budget_s``, ``train_s``, ``<unit>`` and ``after``); no lines when no row has one."""
+    timed = [r for r in lit_rows if r.get("same_time")]
+    if not timed:
+        return []
+    lines = [
+        "",
+        "lit_rlhf after the same training seconds as TRL's run of the same seed:",
+        "",
+        f"| seed | TRL train s (budget) | lit_rlhf train s | lit_rlhf {unit} | lit_rlhf exact-match after |",
+        "|---|---|---|---|---|",
+    ]
+    for r in timed:
+        t = r["same_time"]
+        lines.append(
+            f"| {r['system'].rsplit(' ', 1)[-1]} | {t['budget_s']:.1f} | {t['train_s']:.1f} | {t[unit]} "
+            f"| {t['after']:.1%} |"
+        )
+    return lines
+
+
 def use_threads(threads: int) -> None:
     """Torch/OpenMP threads for this process and every child (``train.py``, the TRL worker); work from the repo root."""
     import torch

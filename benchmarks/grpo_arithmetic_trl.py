@@ -73,8 +73,10 @@ from benchmarks.common import (  # noqa: E402
     read_config,
     report,
     run_worker,
+    same_time_table,
     timed_fit,
     use_threads,
+    write_arithmetic_prompts,
 )
 
 WORKER = os.path.join(ROOT, "benchmarks", "_trl_grpo_worker.py")
@@ -178,26 +180,6 @@ def resolve_settings(args: argparse.Namespace) -> list[str]:
         if model.get(name, expected) != expected:
             warnings.append(f"note: {args.lit_config} sets {name}={model[name]!r}; both sides run with {expected!r}.")
     return warnings
-
-
-def write_prompts(data_dir: str, args: argparse.Namespace) -> list[dict]:
-    """Training and held-out prompts as lit_rlhf tokenizes them, into ``train.jsonl`` and ``heldout.jsonl``."""
-    from lit_rlhf.data.arithmetic import ArithmeticDataModule
-    from lit_rlhf.models.loading import load_tokenizer
-
-    data = ArithmeticDataModule(format="prompt", num_val=args.num_val, seed=args.data_seed, max_length=64)
-    data.connect(load_tokenizer(args.policy))
-    data.setup("fit")
-    heldout = []
-    for split, examples in (("train", data.train_dataset), ("heldout", data.val_dataset)):
-        with open(os.path.join(data_dir, f"{split}.jsonl"), "w") as f:
-            for ex in examples:
-                row = {"prompt": ex["row"]["prompt"], "prompt_ids": ex["prompt_ids"], "answer": ex["row"]["answer"]}
-                f.write(json.dumps(row) + "\n")
-                if split == "heldout":
-                    heldout.append(row)
-    print(f"prompts: {len(data.train_dataset)} training, {len(heldout)} held-out (data seed {args.data_seed})")
-    return heldout
 
 
 def first_last(values: list[float], k: int = 5) -> tuple[float, float]:
@@ -425,21 +407,7 @@ def markdown(rows: list[dict], goal: float) -> str:
     trl = [r for r in rows if r["system"].startswith("TRL")]
     lit = [r for r in rows if r["system"].startswith("lit_rlhf")]
     timed = [r["same_time"] for r in lit if r.get("same_time")]
-    if timed:
-        lines += [
-            "",
-            "lit_rlhf after the same training seconds as TRL's run of the same seed:",
-            "",
-            "| seed | TRL train s (budget) | lit_rlhf train s | lit_rlhf completions | lit_rlhf exact-match after |",
-            "|---|---|---|---|---|",
-        ]
-        for r in lit:
-            t = r.get("same_time")
-            if t:
-                lines.append(
-                    f"| {r['system'].rsplit(' ', 1)[-1]} | {t['budget_s']:.1f} | {t['train_s']:.1f} "
-                    f"| {t['completions']} | {t['after']:.1%} |"
-                )
+    lines += same_time_table(lit, "completions")
     lines.append("")
     for name, group in (("TRL", trl), ("lit_rlhf", lit)):
         if group:
@@ -645,7 +613,7 @@ def main() -> None:
     versions_line = ""
     lit_before = None
     with tempfile.TemporaryDirectory(prefix="grpo_trl_bench_") as tmp:
-        heldout = write_prompts(tmp, args)
+        heldout = write_arithmetic_prompts(tmp, args.policy, args.num_val, args.data_seed)
         if not args.skip_lit:
             from lit_rlhf.evaluate import evaluate_arithmetic
 
