@@ -156,11 +156,11 @@ class RLHFModule(L.LightningModule):
         )
         return optimizer, scheduler
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        """One AdamW + schedule over ``self.model`` from the hyperparameters the SFT and reward modules share."""
+    def model_optimizer(self, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+        """:meth:`build_optimizer` over ``self.model`` from the hyperparameters the modules share (``learning_rate``,
+        ``weight_decay``, ``betas``, ``warmup_steps``, ``lr_schedule``, ``min_lr_ratio``)."""
         hp = self.hparams
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        optimizer, scheduler = self.build_optimizer(
+        return self.build_optimizer(
             list(self.model.named_parameters()),
             learning_rate=hp.learning_rate,
             weight_decay=hp.weight_decay,
@@ -168,6 +168,11 @@ class RLHFModule(L.LightningModule):
             warmup_steps=hp.warmup_steps,
             lr_schedule=hp.lr_schedule,
             min_lr_ratio=hp.min_lr_ratio,
-            total_steps=total,
+            total_steps=total_steps,
         )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """One AdamW + schedule over ``self.model`` (SFT, reward model), stepped by Lightning."""
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = self.model_optimizer(total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -266,16 +266,5 @@ class GRPOModule(OnlineRLModule):
         }
 
     def configure_optimizers(self) -> tuple[list, list]:
-        hp = self.hparams
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9
-        optimizer, scheduler = self.build_optimizer(
-            list(self.model.named_parameters()),
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            betas=tuple(hp.betas),
-            warmup_steps=hp.warmup_steps,
-            lr_schedule=hp.lr_schedule,
-            min_lr_ratio=hp.min_lr_ratio,
-            total_steps=total,
-        )
+        optimizer, scheduler = self.model_optimizer(self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9)
         return [optimizer], [scheduler]
