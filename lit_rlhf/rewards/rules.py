@@ -376,6 +376,15 @@ class WeightedSumReward(RewardSource):
         self.component_names = unique_names([source.name for source in self.sources])
         self.last_components: dict[str, torch.Tensor] = {}
 
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """The statistics its sources report about their latest call (e.g. an LLM judge's ``judge/parsed_rate``),
+        merged, so that a module logs them through the sum as it would for the source alone."""
+        merged: dict[str, float] = {}
+        for source in self.sources:
+            merged.update(getattr(source, "last_stats", None) or {})
+        return merged
+
     def to(self, device: torch.device | str) -> WeightedSumReward:
         """Move the sources that hold models (e.g. a reward model) to ``device``; rule sources have nothing to move."""
         for source in self.sources:

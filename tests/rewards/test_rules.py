@@ -293,3 +293,15 @@ reward:
     )
     with pytest.raises(ValueError, match="got 2 weights for 1 sources"):
         instantiate(bad)
+
+
+def test_weighted_sum_passes_on_its_sources_statistics():
+    class Reporting(LengthReward):
+        def score(self, prompts, completions, rows, finished=None):
+            self.last_stats = {"judge/parsed_rate": 0.75}
+            return super().score(prompts, completions, rows, finished)
+
+    total = WeightedSumReward([Reporting(ideal_length=1), RegexFormatReward()])
+    assert total.last_stats == {}
+    total(["p"], ["x"], [{}])
+    assert total.last_stats == {"judge/parsed_rate": 0.75}
