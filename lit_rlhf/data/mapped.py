@@ -79,15 +79,18 @@ class MappedRowsDataModule(FileRowsDataModule):
         source = train or default.get("train")
         if not source:
             raise ValueError(f"{type(self).__name__}: pass train (a file or a datasets name) for format {format!r}")
+        if train:  # the user's own source: only what they pass
+            val_source, split, config = val, val_split, config_name
+        else:  # the dataset's default source: its validation split lives in it unless it names another source
+            split = val_split or default.get("val_split")
+            val_source = val if val is not None else default.get("val") or (source if split else None)
+            config = config_name if config_name is not None else default.get("config_name")
         super().__init__(
             source,
-            # a default validation split lives in the default source unless the source names another one
-            val=val
-            if val is not None
-            else (None if train else default.get("val") or default.get("val_split") and source),
+            val=val_source,
             train_split=train_split or default.get("train_split") or "train",
-            val_split=val_split or (None if train else default.get("val_split")),
-            config_name=config_name if config_name is not None else (None if train else default.get("config_name")),
+            val_split=split,
+            config_name=config,
             **kwargs,
         )
         for name, value in (("max_train_rows", max_train_rows), ("max_val_rows", max_val_rows)):

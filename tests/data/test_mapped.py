@@ -114,3 +114,21 @@ def test_data_dir_reaches_datasets_for_hub_sources_only(tmp_path, monkeypatch):
     local = _write(tmp_path / "train.jsonl", _rows(4))
     QADataModule(train=local, val=local, data_dir="ignored-for-files").load_rows()
     assert len(calls) == 2
+
+
+def test_a_validation_split_of_the_default_source_can_be_chosen(monkeypatch):
+    import datasets
+
+    splits = []
+
+    class Fake:
+        def to_list(self):
+            return _rows(3)
+
+    def fake_load_dataset(name, config_name=None, split="train", **kwargs):
+        splits.append(split)
+        return Fake()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    QADataModule(val_split="test").load_rows()
+    assert splits == ["train", "test"]
