@@ -6,7 +6,6 @@ from typing import Any
 
 from lit_rlhf.data.mapped import MappedRowsDataModule, require_field
 from lit_rlhf.data.rows import DataError
-from lit_rlhf.data.tokenization import OverlongPolicy
 from lit_rlhf.data.tokenized import RowFormat
 
 __all__ = ["SMOLTLDR", "SmolTLDRDataModule"]
@@ -62,8 +61,8 @@ class SmolTLDRDataModule(MappedRowsDataModule):
             counts are logged.
         use_chat_template: wrap prompts in the tokenizer's chat template; ``null`` = when it has one.
         system_prompt: the instruction (see above); ``null`` = none, the bare post as in seed 003.
-        batch_size, eval_batch_size, num_workers, seed, group_by_length, length_group_batches: see
-            :class:`~lit_rlhf.data.base.RLHFDataModule`.
+        batch_size, eval_batch_size, num_workers, seed, group_by_length, length_group_batches, data_dir: see
+            :class:`~lit_rlhf.data.mapped.MappedRowsDataModule` (passed on as keyword arguments).
     """
 
     formats: tuple[RowFormat, ...] = ("prompt", "sft")
@@ -72,50 +71,11 @@ class SmolTLDRDataModule(MappedRowsDataModule):
     def __init__(
         self,
         format: RowFormat = "prompt",
-        train: str | None = None,
-        val: str | None = None,
-        train_split: str | None = None,
-        val_split: str | None = None,
-        config_name: str | None = None,
-        max_train_rows: int | None = None,
-        max_val_rows: int | None = None,
-        columns: dict[str, str] | None = None,
-        val_fraction: float = 0.05,
         max_length: int = 640,
         max_prompt_length: int | None = 512,
-        overlong: OverlongPolicy = "truncate",
-        use_chat_template: bool | None = None,
-        system_prompt: str | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        group_by_length: bool = False,
-        length_group_batches: int = 50,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            format=format,
-            train=train,
-            val=val,
-            train_split=train_split,
-            val_split=val_split,
-            config_name=config_name,
-            max_train_rows=max_train_rows,
-            max_val_rows=max_val_rows,
-            columns=columns,
-            val_fraction=val_fraction,
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            overlong=overlong,
-            use_chat_template=use_chat_template,
-            system_prompt=system_prompt,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            group_by_length=group_by_length,
-            length_group_batches=length_group_batches,
-        )
+        super().__init__(format=format, max_length=max_length, max_prompt_length=max_prompt_length, **kwargs)
 
     def convert_row(self, row: dict[str, Any], where: str) -> dict[str, Any]:
         """``{prompt, reference, ...other columns}`` (``prompt``) or ``{prompt, response}`` (``sft``) from a
