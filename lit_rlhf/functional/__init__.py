@@ -3,6 +3,7 @@
 Nothing in this package imports Lightning; every function is tested on hand-computed tensors.
 """
 
+from lit_rlhf.functional.accumulation import micro_batch_weights
 from lit_rlhf.functional.grpo import GroupStats, GRPOLossStats, group_advantages, grpo_loss
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.logprobs import logprobs_from_logits
@@ -50,6 +51,7 @@ __all__ = [
     "masked_mean_var",
     "mean_var_from_sums",
     "mean_var_to_sums",
+    "micro_batch_weights",
     "normal_ci",
     "order_scores",
     "pair_scores",

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from lit_rlhf.functional.accumulation import micro_batch_weights
 from lit_rlhf.functional.grpo import LossAveraging, group_advantages, grpo_loss
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.schedules import ScheduleName
@@ -203,11 +204,7 @@ class GRPOModule(OnlineRLModule):
                     for m in minibatch.tensor_split(hp.gradient_accumulation_steps)
                     if len(m)
                 ]
-                if hp.loss_averaging == "token":  # each micro-batch's token mean, weighted by its share of tokens
-                    tokens = sum(mb.response_mask.sum() for mb in micro_batches)
-                    weights = [float(mb.response_mask.sum() / tokens) for mb in micro_batches]
-                else:  # each micro-batch's mean over responses, weighted by its share of responses
-                    weights = [mb.prompt_ids.size(0) / len(minibatch) for mb in micro_batches]
+                weights = micro_batch_weights([mb.response_mask for mb in micro_batches], hp.loss_averaging)
                 step_stats = self.optimizer_step_over(
                     optimizer, scheduler, self.model, micro_batches, self._loss, weights, hp.max_grad_norm
                 )

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from lit_rlhf.functional.accumulation import micro_batch_weights
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
@@ -276,8 +277,7 @@ class PPOModule(OnlineRLModule):
     ) -> dict[str, float]:
         """One optimizer step over a minibatch: each micro-batch's loss (a mean over its tokens) weighted by its share
         of the minibatch's tokens, so that the summed gradient is that of the whole minibatch's token mean."""
-        tokens = sum(mb.response_mask.sum() for mb in micro_batches)
-        weights = [float(mb.response_mask.sum() / tokens) for mb in micro_batches]
+        weights = micro_batch_weights([mb.response_mask for mb in micro_batches], "token")
         return self.optimizer_step_over(
             optimizer, scheduler, module, micro_batches, loss_fn, weights, self.hparams.max_grad_norm
         )
