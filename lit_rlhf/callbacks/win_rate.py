@@ -94,6 +94,8 @@ class WinRateCallback(L.Callback):
         self.validations = 0
         self.last_result: WinRateResult | None = None
         self._reference: torch.nn.Module | None = None  # a plain attribute: only loaded when the module has none
+        # The reference is frozen and answers greedily: its responses to the same prompts are generated once.
+        self._reference_responses: tuple[tuple, list[str]] | None = None
 
     @property
     def state_key(self) -> str:
@@ -203,6 +205,8 @@ class WinRateCallback(L.Callback):
             self.judge.to(pl_module.device)
         max_new_tokens = self.max_new_tokens or pl_module.hparams.get("max_new_tokens") or 64
         batch_size = self.batch_size or getattr(trainer.datamodule, "eval_batch_size", None) or len(prompts)
+        key = (tuple(map(tuple, prompt_ids)), max_new_tokens)
+        cached = self._reference_responses
         self.last_result = win_rate(
             pl_module.model,
             reference,
@@ -212,8 +216,10 @@ class WinRateCallback(L.Callback):
             batch_size,
             tokenizer=pl_module.tokenizer,
             prompt_ids=prompt_ids,
+            reference_responses=cached[1] if cached is not None and cached[0] == key else None,
             **self.interval,
         )
+        self._reference_responses = (key, [p.reference_response for p in self.last_result.pairs])
         return self.last_result
 
     def table(self, result: WinRateResult) -> str:

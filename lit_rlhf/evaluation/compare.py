@@ -270,6 +270,7 @@ def win_rate(
     use_chat_template: bool | None = None,
     system_prompt: str | None = None,
     dtype: str | None = None,
+    reference_responses: Sequence[str] | None = None,
     confidence: float = 0.95,
     ci_method: CIMethod = "bootstrap",
     num_resamples: int = 10_000,
@@ -293,6 +294,8 @@ def win_rate(
             used for the reference too when it shares that tokenizer. ``None`` = :func:`encode_prompts`.
         use_chat_template, system_prompt: how :func:`encode_prompts` wraps the prompts.
         dtype: weights' dtype for models loaded from a path.
+        reference_responses: the reference's greedy responses to these prompts from an earlier call (a frozen
+            reference answers the same every time): not generated again.
         confidence, ci_method, num_resamples, seed: the interval (see
             :func:`~lit_rlhf.functional.winrate.win_rate_stats`).
 
@@ -306,8 +309,13 @@ def win_rate(
         reference_tokenizer = reference_tokenizer or tokenizer
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
+    if reference_responses is not None and len(reference_responses) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(reference_responses)} reference_responses")
+    models = [("policy", policy, tokenizer)]
+    if reference_responses is None:
+        models.append(("reference", reference, reference_tokenizer))
     responses = []
-    for role, model, model_tokenizer in (("policy", policy, tokenizer), ("reference", reference, reference_tokenizer)):
+    for role, model, model_tokenizer in models:
         budget = _context_budget(model, max_new_tokens)
         if prompt_ids is not None and model_tokenizer is tokenizer:
             ids = [list(p)[-budget:] if budget else list(p) for p in prompt_ids]
@@ -328,7 +336,7 @@ def win_rate(
     return compare_responses(
         prompts,
         responses[0],
-        responses[1],
+        responses[1] if reference_responses is None else reference_responses,
         judge,
         confidence=confidence,
         ci_method=ci_method,

@@ -172,3 +172,33 @@ def test_the_callback_from_yaml_with_an_llm_judge(tmp_path, policy_dir):
     assert [v for _, v in scalars["val/win_rate"]] == [0.5]  # a judge that always says "B": all ties
     assert [v for _, v in scalars["val/tie_rate"]] == [1.0]
     assert "samples/win_rate/text_summary" in texts
+
+
+def test_the_frozen_reference_answers_once_for_every_validation(tmp_path, policy_dir, monkeypatch):
+    import lit_rlhf.evaluation.compare as compare
+
+    calls = []
+    original = compare.greedy_responses
+
+    def counting(model, *args, **kwargs):
+        calls.append(model)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "greedy_responses", counting)
+    L.seed_everything(0)
+    module = PPOModule(
+        ArithmeticVerifierReward("graded_score"),
+        policy_name_or_path=policy_dir,
+        max_new_tokens=6,
+        ppo_epochs=1,
+        num_minibatches=1,
+        actor_learning_rate=1e-2,
+    )
+    data = ArithmeticDataModule(format="prompt", num_train=32, num_val=8, batch_size=4)
+    callback = WinRateCallback(PrefersLonger(), num_prompts=8, num_logged_pairs=0, ci_method="normal")
+    trainer = trainer_for(tmp_path, callback, max_steps=4)  # two iterations, a validation after each
+    trainer.fit(module, data)
+    assert callback.validations == 2
+    assert calls == [module.model, module.reference, module.model]  # the policy twice, the reference once
+    reference = greedy(module.reference, module.tokenizer, data.val_dataset[:8], 6)
+    assert [p.reference_response for p in callback.last_result.pairs] == reference
