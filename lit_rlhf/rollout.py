@@ -7,6 +7,8 @@ has padding on both sides. Positions are counted from the first real token (:fun
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import PreTrainedModel
 
@@ -38,6 +40,25 @@ def padding_trim(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> tupl
     start = int(used.int().argmax()) if bool(used.any()) else prompt_mask.size(1) - 1
     length = int(response_mask.bool().any(dim=0).nonzero().max()) + 1 if bool(response_mask.any()) else 1
     return start, length
+
+
+def select_rows(experience: Any, rows: torch.Tensor) -> Any:
+    """The rows ``rows`` of a batch of experience, without the padding columns none of them needs.
+
+    Args:
+        experience: a ``NamedTuple`` whose first two fields are the left-padded ``prompt_ids`` and ``prompt_mask``
+            ``(batch, prompt_len)`` and whose other fields are ``(batch, response_len)`` tensors (``response_mask``
+            among them) or per-row ``(batch,)`` tensors.
+        rows: ``(n,)`` row indices.
+
+    Returns:
+        The same type with ``n`` rows, prompts cut to ``prompt[:, start:]`` and responses to ``[:, :length]`` of
+        :func:`padding_trim` (the computation on them is unchanged).
+    """
+    start, length = padding_trim(experience.prompt_mask[rows], experience.response_mask[rows])
+    prompt = [t[rows, start:] for t in experience[:2]]
+    rest = [t[rows] if t.dim() == 1 else t[rows, :length] for t in experience[2:]]
+    return type(experience)(*prompt, *rest)
 
 
 def join(

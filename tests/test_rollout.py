@@ -88,3 +88,30 @@ def test_padding_trim_keeps_only_the_columns_a_subbatch_needs(word_tokenizer):
             trimmed = fn(prompt_ids[:1, 2:], prompt_mask[:1, 2:], response_ids[:1, :2], response_mask[:1, :2])
             torch.testing.assert_close(trimmed, full[:, :2], atol=1e-5, rtol=1e-5)
             assert bool((full[:, 2:] == 0).all())
+
+
+def test_select_rows_trims_prompt_and_response_columns_and_indexes_per_row_fields():
+    from typing import NamedTuple
+
+    from lit_rlhf.rollout import select_rows
+
+    class Batch(NamedTuple):
+        prompt_ids: torch.Tensor
+        prompt_mask: torch.Tensor
+        response_ids: torch.Tensor
+        response_mask: torch.Tensor
+        advantages: torch.Tensor
+
+    batch = Batch(
+        torch.tensor([[0, 0, 5], [0, 6, 7], [8, 9, 10]]),
+        torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 1]]),
+        torch.tensor([[1, 2, 0], [3, 0, 0], [4, 5, 6]]),
+        torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool),
+        torch.tensor([0.5, -1.0, 2.0]),
+    )
+    picked = select_rows(batch, torch.tensor([1, 0]))
+    # rows 1 and 0 need prompt columns from 1 on and response columns up to 2
+    assert isinstance(picked, Batch)
+    assert picked.prompt_ids.tolist() == [[6, 7], [0, 5]] and picked.prompt_mask.tolist() == [[1, 1], [0, 1]]
+    assert picked.response_ids.tolist() == [[3, 0], [1, 2]]
+    assert picked.advantages.tolist() == [-1.0, 0.5]

@@ -15,7 +15,7 @@ from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rewards.rules import WeightedSumReward
-from lit_rlhf.rollout import padding_trim, response_logprobs
+from lit_rlhf.rollout import response_logprobs, select_rows
 
 
 class GroupRollout(NamedTuple):
@@ -200,9 +200,7 @@ class GRPOModule(OnlineRLModule):
             order = torch.randperm(size, device=self.device)
             for minibatch in [m for m in order.tensor_split(hp.num_minibatches) if len(m)]:
                 micro_batches = [
-                    self._select(experience, m)
-                    for m in minibatch.tensor_split(hp.gradient_accumulation_steps)
-                    if len(m)
+                    select_rows(experience, m) for m in minibatch.tensor_split(hp.gradient_accumulation_steps) if len(m)
                 ]
                 weights = micro_batch_weights([mb.response_mask for mb in micro_batches], hp.loss_averaging)
                 step_stats = self.optimizer_step_over(
@@ -220,17 +218,6 @@ class GRPOModule(OnlineRLModule):
         self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
         self.log("reward_mean", logged["reward"], prog_bar=True, batch_size=size, logger=False)
         self.log("kl_mean", logged["kl"], prog_bar=True, batch_size=size, logger=False)
-
-    @staticmethod
-    def _select(experience: GroupRollout, rows: torch.Tensor) -> GroupRollout:
-        """The rows ``rows`` of a generation batch, without the padding columns none of them needs."""
-        start, length = padding_trim(experience.prompt_mask[rows], experience.response_mask[rows])
-        return GroupRollout(
-            experience.prompt_ids[rows, start:],
-            experience.prompt_mask[rows, start:],
-            *(t[rows, :length] for t in experience[2:6]),
-            experience.advantages[rows],
-        )
 
     def _loss(self, mb: GroupRollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hp = self.hparams

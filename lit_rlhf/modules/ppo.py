@@ -18,7 +18,7 @@ from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.scoring import load_reward_model
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
-from lit_rlhf.rollout import padding_trim, response_logprobs, response_values
+from lit_rlhf.rollout import response_logprobs, response_values, select_rows
 
 
 class Rollout(NamedTuple):
@@ -207,7 +207,7 @@ class PPOModule(OnlineRLModule):
             order = torch.randperm(size, device=self.device)
             for minibatch in [m for m in order.tensor_split(hp.num_minibatches) if len(m)]:
                 micro_batches = [
-                    self._select(experience, micro)
+                    select_rows(experience, micro)
                     for micro in minibatch.tensor_split(hp.gradient_accumulation_steps)
                     if len(micro)
                 ]
@@ -230,13 +230,6 @@ class PPOModule(OnlineRLModule):
         self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
         self.log("score", stats["objective/score"], prog_bar=True, batch_size=size, logger=False)
         self.log("kl", stats["objective/kl"], prog_bar=True, batch_size=size, logger=False)
-
-    @staticmethod
-    def _select(experience: Rollout, rows: torch.Tensor) -> Rollout:
-        """The rows ``rows`` of a rollout, without the padding columns none of them needs (less work per step)."""
-        start, length = padding_trim(experience.prompt_mask[rows], experience.response_mask[rows])
-        prompt = [t[rows, start:] for t in experience[:2]]
-        return Rollout(*prompt, *(t[rows, :length] for t in experience[2:]))
 
     def _policy_loss(self, mb: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logprobs, entropy = response_logprobs(
