@@ -46,6 +46,46 @@ def timed_fit(config: str, save_dir: str, *extra: str) -> float:
     return time.perf_counter() - start
 
 
+def timed_lit_run(
+    config: str, save_dir: str, *overrides: str, budget_s: float | None = None, min_batches: int = 0
+) -> dict:
+    """:func:`timed_fit` with a :class:`TrainTimer` (and its time budget, if any), then what the run left.
+
+    Returns:
+        ``{"wall": process seconds, "timer": the TrainTimer's JSON, "scalars": {tag: [(step, value)]},
+        "config": the resolved config.yaml}``.
+    """
+    import glob
+    import json
+
+    from tests.helpers import read_events
+
+    os.makedirs(save_dir, exist_ok=True)
+    timer_path = os.path.join(save_dir, "train_timer.json")
+    timer_args = [
+        "--trainer.callbacks+=benchmarks.common.TrainTimer",
+        f"--trainer.callbacks.init_args.path={timer_path}",
+    ]
+    if budget_s is not None:
+        timer_args += [
+            f"--trainer.callbacks.init_args.budget_s={budget_s}",
+            f"--trainer.callbacks.init_args.min_batches={min_batches}",
+        ]
+    wall = timed_fit(config, save_dir, *overrides, *timer_args)
+    events = glob.glob(os.path.join(save_dir, "**", "events.out.tfevents.*"), recursive=True)
+    if not events:
+        sys.exit(f"no TensorBoard events under {save_dir}")
+    run_dir = os.path.dirname(events[0])
+    with open(timer_path) as f:
+        timer = json.load(f)
+    return {
+        "wall": wall,
+        "timer": timer,
+        "scalars": read_events(run_dir)[0],
+        "config": read_config(os.path.join(run_dir, "config.yaml")),
+    }
+
+
 def read_config(path: str) -> dict:
     """A YAML config as a dict."""
     import yaml

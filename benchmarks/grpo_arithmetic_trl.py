@@ -54,8 +54,6 @@ warns when the load average is above 0.5 at start.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import math
 import os
 import statistics
@@ -74,7 +72,7 @@ from benchmarks.common import (  # noqa: E402
     report,
     run_worker,
     same_time_table,
-    timed_fit,
+    timed_lit_run,
     use_threads,
     write_arithmetic_prompts,
 )
@@ -273,11 +271,8 @@ def run_lit(
     Validates after ``iterations`` generation batches (the same-completions row). With ``budget_s`` (TRL's training
     seconds of the same seed) it trains on until its own training seconds reach the budget and validates again there
     (the same-training-time figure); training seconds leave validation out."""
-    from tests.helpers import read_events
-
     steps_per_iteration = args.num_iterations * args.num_minibatches
     max_steps = iterations * steps_per_iteration * (4 if budget_s is not None else 1)
-    timer_path = os.path.join(tmp, f"lit_timer_{seed}.json")
     overrides = [
         "--seed_everything",
         str(seed),
@@ -335,27 +330,12 @@ def run_lit(
         "null",
         "--trainer.num_sanity_val_steps",
         "0",
-        "--trainer.callbacks+=benchmarks.common.TrainTimer",
-        f"--trainer.callbacks.init_args.path={timer_path}",
     ]
-    if budget_s is not None:
-        overrides += [
-            f"--trainer.callbacks.init_args.budget_s={budget_s}",
-            f"--trainer.callbacks.init_args.min_batches={iterations}",
-        ]
     save_dir = os.path.join(tmp, f"lit_{seed}")
-    wall = timed_fit(args.lit_config, save_dir, *overrides, *args.extra)
-    events = glob.glob(os.path.join(save_dir, "**", "events.out.tfevents.*"), recursive=True)
-    if not events:
-        sys.exit(f"no TensorBoard events under {save_dir}")
-    run_dir = os.path.dirname(events[0])
-    scalars, _ = read_events(run_dir)
-    with open(timer_path) as f:
-        timer = json.load(f)
-    with open(os.path.join(run_dir, "config.yaml")) as f:
-        import yaml
-
-        resolved = yaml.safe_load(f)
+    lit_run = timed_lit_run(
+        args.lit_config, save_dir, *overrides, *args.extra, budget_s=budget_s, min_batches=iterations
+    )
+    wall, timer, scalars, resolved = lit_run["wall"], lit_run["timer"], lit_run["scalars"], lit_run["config"]
     matched = next(v for v in timer["validations"] if v["batches"] == iterations)
     final = timer["validations"][-1]
     # GRPOModule logs `iteration` with each iteration's scalars: keep those of the matched iterations

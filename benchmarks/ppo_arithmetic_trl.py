@@ -46,7 +46,6 @@ Held-out exact-match is greedy, ``max_new_tokens = --response-length``, scored w
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -64,7 +63,7 @@ from benchmarks.common import (  # noqa: E402
     report,
     run_worker,
     same_time_table,
-    timed_fit,
+    timed_lit_run,
     use_threads,
     write_arithmetic_prompts,
 )
@@ -168,12 +167,9 @@ def run_lit(args: argparse.Namespace, tmp: str, seed: int, before: float, budget
     Validates after ``--total-episodes`` (the same-episodes row). With ``budget_s`` (TRL's training seconds of the
     same seed) it trains on until its own training seconds reach the budget and validates again there (the
     same-wall-time figure); training seconds leave validation out."""
-    from tests.helpers import read_events
-
     iterations = math.ceil(args.total_episodes / args.batch_size)
     steps_per_iteration = 2 * args.ppo_epochs * args.num_mini_batches
     max_steps = iterations * steps_per_iteration * (4 if budget_s is not None else 1)
-    timer_path = os.path.join(tmp, f"lit_timer_{seed}.json")
     overrides = [
         "--seed_everything",
         str(seed),
@@ -213,29 +209,14 @@ def run_lit(args: argparse.Namespace, tmp: str, seed: int, before: float, budget
         str(iterations),
         "--trainer.check_val_every_n_epoch",
         "null",
-        "--trainer.callbacks+=benchmarks.common.TrainTimer",
-        f"--trainer.callbacks.init_args.path={timer_path}",
     ]
-    if budget_s is not None:
-        overrides += [
-            f"--trainer.callbacks.init_args.budget_s={budget_s}",
-            f"--trainer.callbacks.init_args.min_batches={iterations}",
-        ]
     if args.critic_learning_rate is not None:
         overrides += ["--model.init_args.critic_learning_rate", str(args.critic_learning_rate)]
     save_dir = os.path.join(tmp, f"lit_{seed}")
-    wall = timed_fit(args.lit_config, save_dir, *overrides, *args.extra)
-    events = glob.glob(os.path.join(save_dir, "**", "events.out.tfevents.*"), recursive=True)
-    if not events:
-        sys.exit(f"no TensorBoard events under {save_dir}")
-    run_dir = os.path.dirname(events[0])
-    scalars, _ = read_events(run_dir)
-    with open(timer_path) as f:
-        timer = json.load(f)
-    with open(os.path.join(run_dir, "config.yaml")) as f:
-        import yaml
-
-        resolved = yaml.safe_load(f)
+    lit_run = timed_lit_run(
+        args.lit_config, save_dir, *overrides, *args.extra, budget_s=budget_s, min_batches=iterations
+    )
+    wall, timer, scalars, resolved = lit_run["wall"], lit_run["timer"], lit_run["scalars"], lit_run["config"]
     matched = next(v for v in timer["validations"] if v["batches"] == iterations)
     final = timer["validations"][-1]
     last_step = iterations * steps_per_iteration  # the matched iteration's last optimizer step

@@ -37,7 +37,6 @@ r_chosen > r_rejected, on the same pairs for every row. Medians over ``--runs``.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shutil
@@ -55,7 +54,7 @@ from benchmarks.common import (  # noqa: E402
     read_config,
     report,
     run_worker,
-    timed_fit,
+    timed_lit_run,
     use_threads,
 )
 
@@ -149,10 +148,7 @@ def run_trl(args: argparse.Namespace, s: dict, tmp: str, heldout: list[dict], ru
 
 
 def run_lit(args: argparse.Namespace, s: dict, tmp: str, cache_dir: str, run: int, like_for_like: bool) -> dict:
-    from tests.helpers import read_events
-
     tag = "like" if like_for_like else "config"
-    timer_path = os.path.join(tmp, f"lit_timer_{tag}_{run}.json")
     save_dir = os.path.join(tmp, f"lit_{tag}_{run}")
     overrides = [
         "--model.init_args.model_name_or_path",
@@ -169,21 +165,14 @@ def run_lit(args: argparse.Namespace, s: dict, tmp: str, cache_dir: str, run: in
         "null",
         "--trainer.num_sanity_val_steps",
         "0",
-        "--trainer.callbacks+=benchmarks.common.TrainTimer",
-        f"--trainer.callbacks.init_args.path={timer_path}",
     ]
     if like_for_like:
         overrides += ["--model.init_args.prefix_loss_coef", "0", "--model.init_args.center_coef", str(args.center_coef)]
         system = f"lit_rlhf RewardModule, like-for-like (prefix 0, center {args.center_coef})"
     else:
         system = f"lit_rlhf RewardModule, as configured (prefix {s['prefix']}, center {s['center']})"
-    wall = timed_fit(args.lit_config, save_dir, *overrides, *args.extra)
-    events = glob.glob(os.path.join(save_dir, "**", "events.out.tfevents.*"), recursive=True)
-    if not events:
-        sys.exit(f"no TensorBoard events under {save_dir}")
-    scalars, _ = read_events(os.path.dirname(events[0]))
-    with open(timer_path) as f:
-        timer = json.load(f)
+    lit_run = timed_lit_run(args.lit_config, save_dir, *overrides, *args.extra)
+    wall, timer, scalars = lit_run["wall"], lit_run["timer"], lit_run["scalars"]
     last = {name: values[-1][1] for name, values in scalars.items() if values}
     return {
         "system": system,

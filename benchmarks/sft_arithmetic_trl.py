@@ -37,7 +37,6 @@ for both systems. The table gives the median over ``--runs`` and the ratio of me
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -55,7 +54,7 @@ from benchmarks.common import (  # noqa: E402
     read_config,
     report,
     run_worker,
-    timed_fit,
+    timed_lit_run,
     use_threads,
 )
 
@@ -173,9 +172,6 @@ def run_trl(
 
 
 def run_lit(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, run: int, seed: int) -> dict:
-    from tests.helpers import read_events
-
-    timer_path = os.path.join(tmp, f"lit_timer_{run}.json")
     save_dir = os.path.join(tmp, f"lit_{run}")
     overrides = [
         "--seed_everything",
@@ -190,17 +186,10 @@ def run_lit(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, run: in
         "null",
         "--trainer.num_sanity_val_steps",
         "0",
-        "--trainer.callbacks+=benchmarks.common.TrainTimer",
-        f"--trainer.callbacks.init_args.path={timer_path}",
         *args.extra,
     ]
-    wall = timed_fit(args.lit_config, save_dir, *overrides)
-    events = glob.glob(os.path.join(save_dir, "**", "events.out.tfevents.*"), recursive=True)
-    if not events:
-        sys.exit(f"no TensorBoard events under {save_dir}")
-    scalars, _ = read_events(os.path.dirname(events[0]))
-    with open(timer_path) as f:
-        timer = json.load(f)
+    lit_run = timed_lit_run(args.lit_config, save_dir, *overrides)
+    wall, timer, scalars = lit_run["wall"], lit_run["timer"], lit_run["scalars"]
     last = {tag: values[-1][1] for tag, values in scalars.items() if values}
     return {
         "system": "lit_rlhf SFTModule",
