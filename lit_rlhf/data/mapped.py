@@ -3,6 +3,7 @@ rows a stage reads ({prompt, response}, {prompt, chosen, rejected} or {prompt, .
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from typing import Any
 
@@ -53,7 +54,9 @@ class MappedRowsDataModule(FileRowsDataModule):
         val: validation file or name; with neither ``val`` nor a default validation split, ``val_fraction`` of
             ``train`` is held out.
         train_split, val_split, config_name: ``datasets`` split and configuration names (``None`` = the default).
-        max_train_rows, max_val_rows: keep only the first this many mapped rows of each split (quick runs).
+        max_train_rows, max_val_rows: keep only this many mapped rows of each split (quick runs): a random subset
+            drawn with ``seed``, in the source's order. A random subset rather than the first rows, because hub
+            splits are often concatenations (HH-RLHF's test split starts with all its ``harmless-base`` rows).
         **kwargs: the rest of :class:`~lit_rlhf.data.files.FileRowsDataModule` (``columns``, ``val_fraction``,
             lengths, batch sizes, ``num_workers``, ``seed``, ...).
     """
@@ -129,8 +132,10 @@ class MappedRowsDataModule(FileRowsDataModule):
                     skipped[str(reason)] += 1
                     continue
                 numbers.append(number)
-                if self.max_rows[split] is not None and len(rows) >= self.max_rows[split]:
-                    break
+            limit = self.max_rows[split]
+            if limit is not None and len(rows) > limit:
+                kept = sorted(random.Random(f"{self.seed}-{split}").sample(range(len(rows)), limit))
+                rows, numbers = [rows[i] for i in kept], [numbers[i] for i in kept]
             self.skipped[split] = dict(skipped)
             reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.most_common()) or "none"
             if skipped:

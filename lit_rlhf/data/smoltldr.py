@@ -51,7 +51,7 @@ class SmolTLDRDataModule(MappedRowsDataModule):
         train_split: ``datasets`` split for training (default ``train``).
         val_split: ``datasets`` split for validation (default ``validation``; ``test`` also exists).
         config_name: ``datasets`` configuration (none for smoltldr).
-        max_train_rows, max_val_rows: keep only the first this many rows of each split (quick runs).
+        max_train_rows, max_val_rows: keep only this many rows of each split (quick runs), a seeded random subset.
         columns: ``{our_name: column}`` renames applied first, e.g. ``{prompt: post, completion: summary}`` to read
             another TL;DR file.
         val_fraction: held-out share of ``train`` when there is no validation source.

@@ -134,7 +134,7 @@ class TLDRDataModule(MappedRowsDataModule):
         val: validation file or name; with the default source, its ``validation`` split. With a ``train`` file and
             no ``val``, ``val_fraction`` of ``train`` is held out.
         train_split, val_split, config_name: ``datasets`` split and configuration names (``None`` = the default).
-        max_train_rows, max_val_rows: keep only the first this many rows of each split (after skipping).
+        max_train_rows, max_val_rows: keep only this many rows of each split (after skipping), a seeded random subset.
         max_query_length: the most tokens of a query (the post is cut to fit).
         max_length: the most tokens of query + response; ``None`` = ``max_query_length`` + 53 (``sft``, ``prompt``)
             or + 169 (``preference``).

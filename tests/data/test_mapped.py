@@ -64,7 +64,13 @@ def test_max_rows_defaults_and_format_checks(tmp_path):
     train = _write(tmp_path / "train.jsonl", _rows(10))
     rows = QADataModule(train=train, val=train, max_train_rows=3, max_val_rows=2).load_rows()
     assert [len(rows["train"]), len(rows["val"])] == [3, 2]
-    assert rows["train"].numbers == [1, 2, 3]  # jsonl lines, for messages
+    numbers = rows["train"].numbers  # jsonl lines, for messages: a seeded subset in file order, not the first rows
+    assert numbers == sorted(numbers) and set(numbers) <= set(range(1, 11)) and numbers != [1, 2, 3]
+    assert [r["prompt"] for r in rows["train"].rows] == [f"what is {n - 1}" for n in numbers]
+    again = QADataModule(train=train, val=train, max_train_rows=3, max_val_rows=2).load_rows()
+    assert again["train"].numbers == numbers and again["val"].numbers == rows["val"].numbers
+    other = QADataModule(train=train, val=train, max_train_rows=3, seed=5).load_rows()
+    assert other["train"].numbers != numbers
     default = QADataModule()
     assert (default.train, default.val_split) == ("org/qa-sft", "validation")
     with pytest.raises(ValueError, match="pass train"):

@@ -88,7 +88,7 @@ def test_a_bad_row_names_the_file_the_row_and_the_field(tmp_path, bad_row, messa
 
 def test_max_rows_and_a_seeded_val_fraction():
     rows = SmolTLDRDataModule(train=TRAIN, val=VAL, max_train_rows=3, max_val_rows=1).load_rows()
-    assert rows["train"].numbers == [1, 2, 3] and rows["val"].numbers == [1]
+    assert len(rows["train"].numbers) == 3 and len(rows["val"].numbers) == 1  # seeded subsets (test_mapped)
 
     # No validation source with a training file: round(0.25 * 8) = 2 rows held out, seeded.
     split = SmolTLDRDataModule(train=TRAIN, val_fraction=0.25, seed=3).load_rows()

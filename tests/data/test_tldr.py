@@ -159,7 +159,7 @@ def test_sft_from_csv_and_parquet_with_held_out_fraction_and_row_limits(tmp_path
         writer.writerows(source)
     data = datamodule(tokenizer, format="sft", train=str(csv_path), val_fraction=0.25, max_train_rows=4)
     data.setup("fit")
-    assert len(data.train_dataset) == 4 and len(data.val_dataset) == 2  # 8 rows: 2 held out, 6 -> first 4 kept
+    assert len(data.train_dataset) == 4 and len(data.val_dataset) == 2  # 8 rows: 2 held out, 6 -> 4 kept (seeded)
     ids = {ex["row"]["id"] for ex in data.train_dataset} | {ex["row"]["id"] for ex in data.val_dataset}
     assert len(ids) == 6
     parquet_path = tmp_path / "comparisons.parquet"
@@ -358,7 +358,7 @@ def test_the_three_tldr_configs_run_in_sequence(tmp_path, model_dir):
     once = ["--trainer.accumulate_grad_batches", "1", "--trainer.val_check_interval", "2"]
     sft = cli_main(
         cli_args("sft", runs, 2, *small, *once, "--model.init_args.model_name_or_path", model_dir)
-        + ["--data.init_args.train", SFT_ROWS, "--data.init_args.val", SFT_ROWS, "--data.init_args.max_val_rows", "2"]
+        + ["--data.init_args.train", SFT_ROWS, "--data.init_args.val", SFT_ROWS]
         + ["--model.init_args.max_new_tokens", "4", "--model.init_args.generate_val_batches", "1"]
     )
     assert sft.trainer.global_step == 2 and sft.datamodule.queries_truncated == {"train": 1, "val": 1}
