@@ -196,7 +196,11 @@ class OnlineRLModule(RLHFModule):
                 self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
-            table = markdown_table(("prompt", "greedy response", "reward", "exact match"), self._samples)
+            header: tuple[str, ...] = ("prompt", "greedy response", "reward", "exact match")
+            samples = self._samples
+            if all(not row[-1] for row in samples):  # no verifier (e.g. TL;DR, HH): no empty gold column
+                header, samples = header[:-1], [row[:-1] for row in samples]
+            table = markdown_table(header, samples)
             log_text(self.loggers, "samples/val", table, self.iteration)
         self._samples = []
 

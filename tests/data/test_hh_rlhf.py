@@ -339,5 +339,7 @@ def test_the_three_configs_train_on_the_fixture_and_chain_their_exports(tmp_path
     for tag in ("objective/score", "objective/kl", "loss/policy", "loss/value", "val/reward"):
         assert tag in scalars, tag
     assert any("What should I pack for a beach day?" in t for t in texts["samples/val/text_summary"])
+    # HH has no verifier: the table has no (empty) exact-match column.
+    assert all("| prompt | greedy response | reward |\n" in t for t in texts["samples/val/text_summary"])
     for name in ("hf/model.safetensors", "hf_critic/model.safetensors"):
         assert os.path.isfile(runs / "ppo" / name), name
