@@ -88,7 +88,8 @@ def load_causal_lm(
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` for the weights; ``None`` keeps float32 (use
             ``trainer.precision: bf16-mixed`` for mixed precision).
         trust_remote_code: passed to ``from_pretrained``.
-        attn_implementation: e.g. ``"sdpa"`` or ``"eager"``; ``None`` lets transformers choose.
+        attn_implementation: ``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, ...; ``None`` lets transformers
+            choose (``sdpa`` where it can).
 
     Returns:
         The model in train mode.
@@ -100,13 +101,14 @@ def load_causal_lm(
         raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if is_builtin(name_or_path):
         model = build_tiny_llama(tokenizer, config_overrides)
+        set_attn_implementation(model, attn_implementation, name_or_path)
     else:
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **(config_overrides or {})}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         try:
             model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, ImportError) as err:
             raise ModelLoadError(f"could not load a causal LM from {name_or_path!r}: {err}") from err
     if dtype is not None:
         model = model.to(DTYPES[dtype])
@@ -123,6 +125,16 @@ def load_causal_lm(
             model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.train()
     return model
+
+
+def set_attn_implementation(model: PreTrainedModel, attn_implementation: str | None, name_or_path: str) -> None:
+    """Switch a built model's attention kernel (``None``: leave it); a name transformers rejects is a load error."""
+    if attn_implementation is None:
+        return
+    try:
+        model.set_attn_implementation(attn_implementation)
+    except (ValueError, ImportError) as err:
+        raise ModelLoadError(f"{name_or_path!r}: attn_implementation {attn_implementation!r}: {err}") from err
 
 
 def check_local_path(name_or_path: str) -> None:

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.functional.reward import last_token_index
-from lit_rlhf.models.loading import DTYPES, ModelLoadError, is_builtin
+from lit_rlhf.models.loading import DTYPES, ModelLoadError, is_builtin, set_attn_implementation
 from lit_rlhf.models.tiny import build_tiny_llama
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def load_reward_model(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     zero_head: bool = False,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """Load a reward (or value) model with a single output, initialising the head if the checkpoint has none.
 
@@ -47,6 +48,7 @@ def load_reward_model(
         trust_remote_code: passed to ``from_pretrained``.
         zero_head: a new head starts at exactly zero (a PPO critic then predicts 0 until it has learned, instead
             of random values that would be taken as advantages); by default small random weights.
+        attn_implementation: attention kernel (``"eager"``, ``"sdpa"``, ...); ``None`` lets transformers choose.
 
     Returns:
         The model (``config.num_labels == 1``, ``config.pad_token_id`` set) in train mode.
@@ -60,6 +62,7 @@ def load_reward_model(
         config = build_tiny_llama(tokenizer, config_overrides).config
         config.num_labels = 1
         model = AutoModelForSequenceClassification.from_config(config)
+        set_attn_implementation(model, attn_implementation, name_or_path)
     else:
         try:
             config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -71,10 +74,11 @@ def load_reward_model(
                 f"{name_or_path!r} is a classifier with {config.num_labels} labels; a reward model has exactly one"
             )
         try:
+            attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
             model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, num_labels=1, trust_remote_code=trust_remote_code, **(config_overrides or {})
+                name_or_path, num_labels=1, trust_remote_code=trust_remote_code, **attention, **(config_overrides or {})
             )
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, ImportError) as err:
             raise ModelLoadError(f"could not load {name_or_path!r} as a sequence-classification model: {err}") from err
         if not is_classifier:
             # A fresh head: zero bias and small (or zero) weights, so every initial score is near 0.

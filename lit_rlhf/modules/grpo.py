@@ -60,6 +60,8 @@ class GRPOModule(OnlineRLModule):
         reward_weights: one weight per source (``null``: all 1).
         policy_name_or_path: the SFT export (policy and, with ``beta > 0``, the reference).
         tokenizer_name_or_path, model_config: where the tokenizer lives if not beside the policy; config overrides.
+        attn_implementation: attention kernel of the policy and reference (``eager``, ``sdpa``,
+            ``flash_attention_2``, ...); ``null`` lets transformers choose.
         learning_rate, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio: AdamW and its schedule (per
             optimizer step).
         num_generations: samples per prompt ``G`` (>= 2).
@@ -85,6 +87,7 @@ class GRPOModule(OnlineRLModule):
         policy_name_or_path: str = "runs/arithmetic/sft/hf",
         tokenizer_name_or_path: str | None = None,
         model_config: dict[str, Any] | None = None,
+        attn_implementation: str | None = None,
         learning_rate: float = 1e-6,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -123,7 +126,9 @@ class GRPOModule(OnlineRLModule):
         self.save_hyperparameters(ignore=["rewards"])
         self.automatic_optimization = False
         self.reward = WeightedSumReward(list(rewards), reward_weights, name="reward")
-        self.load_policy(policy_name_or_path, tokenizer_name_or_path, model_config, with_reference=beta > 0)
+        self.load_policy(
+            policy_name_or_path, tokenizer_name_or_path, model_config, beta > 0, attn_implementation=attn_implementation
+        )
 
     # -- generation batch --------------------------------------------------------------------------------------------
 

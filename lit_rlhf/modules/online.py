@@ -38,13 +38,15 @@ class OnlineRLModule(RLHFModule):
         tokenizer_name_or_path: str | None,
         model_config: dict[str, Any] | None,
         with_reference: bool = True,
+        attn_implementation: str | None = None,
     ) -> None:
         """Set ``self.tokenizer``, ``self.model`` (trained) and, with ``with_reference``, the frozen reference."""
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or policy_name_or_path)
-        self.model = load_causal_lm(policy_name_or_path, self.tokenizer, config_overrides=model_config)
+        load = {"config_overrides": model_config, "attn_implementation": attn_implementation}
+        self.model = load_causal_lm(policy_name_or_path, self.tokenizer, **load)
         self._frozen: dict[str, torch.nn.Module] = {}  # a plain dict: not submodules, so not in the checkpoint
         if with_reference:
-            reference = load_causal_lm(policy_name_or_path, self.tokenizer, config_overrides=model_config).eval()
+            reference = load_causal_lm(policy_name_or_path, self.tokenizer, **load).eval()
             reference.requires_grad_(False)
             self._frozen["reference"] = reference
         self.iteration = 0

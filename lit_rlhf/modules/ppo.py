@@ -61,6 +61,9 @@ class PPOModule(OnlineRLModule):
             ``lit_rlhf.rewards.RewardModelReward``.
         critic_name_or_path: where the critic starts (a reward-model export, or the policy: ``null``).
         tokenizer_name_or_path: where the policy's tokenizer lives if not beside it.
+        model_config: config overrides for the policy, reference and critic.
+        attn_implementation: attention kernel of the policy, reference and critic (``eager``, ``sdpa``,
+            ``flash_attention_2``, ...); ``null`` lets transformers choose.
         actor_learning_rate, critic_learning_rate: peak AdamW learning rates.
         weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio: optimizer and schedule (per optimizer step).
         max_new_tokens: response length limit of rollouts and validation.
@@ -87,6 +90,7 @@ class PPOModule(OnlineRLModule):
         critic_name_or_path: str | None = None,
         tokenizer_name_or_path: str | None = None,
         model_config: dict[str, Any] | None = None,
+        attn_implementation: str | None = None,
         actor_learning_rate: float = 1e-5,
         critic_learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
@@ -123,9 +127,15 @@ class PPOModule(OnlineRLModule):
         self.save_hyperparameters(ignore=["reward"])
         self.automatic_optimization = False
         self.reward = reward
-        self.load_policy(policy_name_or_path, tokenizer_name_or_path, model_config, with_reference=True)
+        self.load_policy(
+            policy_name_or_path, tokenizer_name_or_path, model_config, True, attn_implementation=attn_implementation
+        )
         self.critic = load_reward_model(
-            critic_name_or_path or policy_name_or_path, self.tokenizer, config_overrides=model_config, zero_head=True
+            critic_name_or_path or policy_name_or_path,
+            self.tokenizer,
+            config_overrides=model_config,
+            zero_head=True,
+            attn_implementation=attn_implementation,
         )
         self.kl_controller = (
             AdaptiveKLController(kl_coef, adaptive_kl_target, adaptive_kl_horizon)

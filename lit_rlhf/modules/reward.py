@@ -44,6 +44,8 @@ class RewardModule(RLHFModule):
         model_config: config overrides (``LlamaConfig`` fields for the built-in model).
         dtype: weight dtype; keep ``null`` and use ``trainer.precision: bf16-mixed`` for mixed precision.
         trust_remote_code: passed to ``from_pretrained``.
+        attn_implementation: attention kernel (``eager``, ``sdpa``, ``flash_attention_2``, ...); ``null`` lets
+            transformers choose (``sdpa`` where the model supports it).
         gradient_checkpointing: trade compute for memory on large models.
         freeze_backbone: train only the score head (a linear probe on the SFT features).
         center_coef: weight of ``mean((r_chosen + r_rejected)^2)``, keeping scores centred (TRL uses 0.01).
@@ -67,6 +69,7 @@ class RewardModule(RLHFModule):
         model_config: dict[str, Any] | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         freeze_backbone: bool = False,
         center_coef: float = 0.0,
@@ -90,6 +93,7 @@ class RewardModule(RLHFModule):
             config_overrides=model_config,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
         )
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()

@@ -30,6 +30,8 @@ class SFTModule(RLHFModule):
         dtype: weight dtype (``float32``, ``bfloat16``, ``float16``); keep ``null`` and set
             ``trainer.precision: bf16-mixed`` for mixed precision.
         trust_remote_code: passed to ``from_pretrained``.
+        attn_implementation: attention kernel (``eager``, ``sdpa``, ``flash_attention_2``, ...); ``null`` lets
+            transformers choose (``sdpa`` where the model supports it).
         gradient_checkpointing: trade compute for memory on large models.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and norms).
@@ -50,6 +52,7 @@ class SFTModule(RLHFModule):
         model_config: dict[str, Any] | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         learning_rate: float = 2e-5,
         weight_decay: float = 0.0,
@@ -72,6 +75,7 @@ class SFTModule(RLHFModule):
             config_overrides=model_config,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
         )
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()

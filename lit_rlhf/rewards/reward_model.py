@@ -36,6 +36,7 @@ class RewardModelReward(RewardSource):
         system_prompt: optional system message for that template.
         dtype: ``float32``, ``bfloat16`` or ``float16`` weights.
         trust_remote_code: passed to ``from_pretrained``.
+        attn_implementation: attention kernel (``eager``, ``sdpa``, ...); ``None`` lets transformers choose.
         name: name in logs (default ``reward_model``).
     """
 
@@ -52,6 +53,7 @@ class RewardModelReward(RewardSource):
         system_prompt: str | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -59,7 +61,11 @@ class RewardModelReward(RewardSource):
             tokenizer_name_or_path or model_name_or_path, pad_with_eos=True, trust_remote_code=trust_remote_code
         )
         self.model = load_reward_model(
-            model_name_or_path, self.tokenizer, dtype=dtype, trust_remote_code=trust_remote_code
+            model_name_or_path,
+            self.tokenizer,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
         ).eval()
         self.model.requires_grad_(False)
         self.batch_size = batch_size

@@ -56,3 +56,31 @@ def test_missing_local_export_says_to_run_the_earlier_stage(tmp_path):
     missing = str(tmp_path / "runs" / "arithmetic" / "sft" / "hf")
     with pytest.raises(ModelLoadError, match=r"sft/hf: no such model folder \(if it is the export of an earlier stage"):
         load_tokenizer(missing)
+
+
+def test_attn_implementation_is_applied_and_computes_the_same_scores(tmp_path):
+    import torch
+
+    from lit_rlhf.models.scoring import load_reward_model
+
+    tok = load_tokenizer(TINY_ARITHMETIC)
+    torch.manual_seed(0)
+    built = load_causal_lm(TINY_ARITHMETIC, tok, config_overrides=TINY_MODEL_CONFIG, attn_implementation="eager")
+    assert built.config._attn_implementation == "eager"
+    built.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    eager = load_causal_lm(str(tmp_path), tok, attn_implementation="eager").eval()
+    sdpa = load_causal_lm(str(tmp_path), tok, attn_implementation="sdpa").eval()
+    assert (eager.config._attn_implementation, sdpa.config._attn_implementation) == ("eager", "sdpa")
+    batch = tok(["make a series 5 7", "Let 5"], padding=True, return_tensors="pt")  # left padding: masked keys
+    with torch.no_grad():
+        logits = [m(**batch).logits for m in (eager, sdpa)]
+    keep = batch["attention_mask"].bool()
+    assert torch.allclose(logits[0][keep], logits[1][keep], atol=1e-5)
+    critic = load_reward_model(str(tmp_path), tok, attn_implementation="eager")
+    assert critic.config._attn_implementation == "eager"
+    assert load_reward_model(TINY_ARITHMETIC, tok, attn_implementation="eager").config._attn_implementation == "eager"
+    with pytest.raises(ModelLoadError, match="attn_implementation 'no-such-kernel'"):
+        load_causal_lm(TINY_ARITHMETIC, tok, config_overrides=TINY_MODEL_CONFIG, attn_implementation="no-such-kernel")
+    with pytest.raises(ModelLoadError, match="no-such-kernel"):
+        load_causal_lm(str(tmp_path), tok, attn_implementation="no-such-kernel")
