@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 
 from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
@@ -69,7 +70,15 @@ class RLHFModule(L.LightningModule):
         self._realign_log_step = False
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"module_class": qualified_name(self), "rng_states": collect_rng_states()}
+        # Every rank runs this hook; rank 0 writes the file. Each rank's RNG states go in, so that under DDP every
+        # rank resumes its own random stream (its own rollout samples), not rank 0's.
+        states = collect_rng_states()
+        meta = {"module_class": qualified_name(self), "rng_states": states}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            per_rank: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, states)
+            meta["rng_states_per_rank"] = per_rank
+        checkpoint[CHECKPOINT_KEY] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY)
@@ -82,8 +91,23 @@ class RLHFModule(L.LightningModule):
                 f"this checkpoint was written by {meta['module_class']}, but the model to resume is "
                 f"{qualified_name(self)}; use the config of the run that wrote it"
             )
-        self._rng_to_restore = meta.get("rng_states")
+        self._rng_to_restore = self._own_rng_states(meta)
         self._realign_log_step = True
+
+    def _own_rng_states(self, meta: dict[str, Any]) -> dict[str, Any] | None:
+        """This rank's RNG states from the checkpoint: its own when the run had the same number of ranks, else rank
+        0's (a warning says the random streams then differ from the interrupted run's)."""
+        per_rank = meta.get("rng_states_per_rank")
+        rank, world_size = self.global_rank, self.trainer.world_size if self._trainer is not None else 1
+        if per_rank is not None and len(per_rank) == world_size:
+            return per_rank[rank]
+        saved = len(per_rank) if per_rank is not None else 1
+        if saved != world_size:
+            rank_zero_warn(
+                f"this checkpoint holds the RNG states of {saved} rank(s) and the run now has {world_size}: every rank "
+                "resumes from rank 0's random state, so samples will differ from those of the interrupted run"
+            )
+        return meta.get("rng_states")
 
     def on_train_start(self) -> None:
         # Restored here, the last hook before the first resumed step, so that nothing in between draws from them.

@@ -1,7 +1,8 @@
-"""Two-process CPU (gloo) PPO run for ``test_ppo_ddp.py``: ``python ddp_ppo_run.py <policy_dir> <out_dir>``.
+"""Two-process CPU (gloo) PPO run for ``test_ppo_ddp.py``: ``python ddp_ppo_run.py <policy_dir> <out_dir> [<ckpt>]``.
 
 Lightning's DDP launcher starts rank 1 by re-running this script, so it must be a standalone file. Each rank writes
-what it ended with to ``<out_dir>/rank<r>.json`` for the test to compare.
+what it ended with to ``<out_dir>/rank<r>.json`` for the test to compare. A fresh run gives each rank its own random
+stream and saves ``<out_dir>/checkpoints/mid.ckpt`` after iteration 2; with ``<ckpt>`` the run resumes from it.
 """
 
 import json
@@ -23,8 +24,8 @@ class Record(L.Callback):
         self.out_dir = out_dir
         self.advantage_sums: list[tuple[float, int]] = []
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        rollout = pl_module.rollout
+    def on_train_start(self, trainer, pl_module):
+        rollout = pl_module.rollout  # wrapped once: every rollout is recorded once
 
         def recording(batch):
             experience, stats = rollout(batch)
@@ -54,7 +55,14 @@ class Record(L.Callback):
             )
 
 
-def main(policy_dir: str, out_dir: str) -> None:
+class RankStreams(L.Callback):
+    """Seed each rank differently when training starts (the module restores its checkpointed states after this)."""
+
+    def on_train_start(self, trainer, pl_module):
+        torch.manual_seed(100 + trainer.global_rank)
+
+
+def main(policy_dir: str, out_dir: str, resume_from: str | None = None) -> None:
     torch.set_num_threads(1)
     L.seed_everything(0)
     module = PPOModule(
@@ -79,13 +87,18 @@ def main(policy_dir: str, out_dir: str) -> None:
         num_sanity_val_steps=0,
         default_root_dir=out_dir,
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[Record(out_dir)],
+        callbacks=[
+            RankStreams(),
+            Record(out_dir),
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=os.path.join(out_dir, "checkpoints"), filename="mid", every_n_train_steps=8, save_top_k=-1
+            ),
+        ],
     )
-    trainer.fit(module, data)
+    trainer.fit(module, data, ckpt_path=resume_from)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

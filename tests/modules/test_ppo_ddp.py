@@ -13,17 +13,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_ppo_run.py")
 
 
+def run_ddp(policy, out_dir, *resume_from):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, SCRIPT, policy, str(out_dir), *resume_from],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.load(open(out_dir / f"rank{r}.json")) for r in range(2)]
+
+
 def test_ppo_under_two_process_ddp_keeps_ranks_in_step(tmp_path):
     tokenizer = build_word_tokenizer()
     policy = str(tmp_path / "sft")
     build_tiny_llama(tokenizer, TINY_MODEL_CONFIG).save_pretrained(policy)
     tokenizer.save_pretrained(policy)
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, SCRIPT, policy, str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    ranks = run_ddp(policy, tmp_path)
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert [r["iteration"] for r in ranks] == [3, 3]
     # Gradients are averaged before every step of both optimizers: the two replicas stay identical.
@@ -36,3 +45,13 @@ def test_ppo_under_two_process_ddp_keeps_ranks_in_step(tmp_path):
     for (sum0, n0), (sum1, n1) in zip(ranks[0]["advantage_sums"], ranks[1]["advantage_sums"]):
         assert abs(sum0 / n0) > 1e-3 and abs(sum1 / n1) > 1e-3
         assert (sum0 + sum1) / (n0 + n1) == pytest.approx(0.0, abs=1e-5)
+
+    # Resume from after iteration 2: every rank continues its own random stream (its checkpointed RNG states, not
+    # rank 0's), so iteration 3 samples the same responses, with the same advantages, as the uninterrupted run.
+    assert ranks[0]["advantage_sums"][2] != ranks[1]["advantage_sums"][2]  # the ranks' streams differ
+    (tmp_path / "resumed").mkdir()
+    resumed = run_ddp(policy, tmp_path / "resumed", str(tmp_path / "checkpoints" / "mid.ckpt"))
+    for rank in range(2):
+        assert resumed[rank]["iteration"] == 3
+        assert resumed[rank]["advantage_sums"] == [pytest.approx(ranks[rank]["advantage_sums"][2], abs=1e-5)], rank
+        assert resumed[rank]["weights"] == pytest.approx(ranks[rank]["weights"], rel=1e-6)

@@ -117,3 +117,12 @@ def test_bf16_mixed_precision_trains(tmp_path):
     trainer.fit(module, data)
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss"])
     assert next(module.model.parameters()).dtype == torch.float32  # mixed: weights stay float32
+
+
+def test_rng_states_of_another_world_size_fall_back_to_rank_zero_with_a_warning():
+    module = SFTModule(model_config=TINY_MODEL_CONFIG)
+    own, other = {"torch": "rank 0"}, {"torch": "rank 1"}
+    assert module._own_rng_states({"rng_states": own}) is own  # one process, as saved
+    with pytest.warns(UserWarning, match="RNG states of 2 rank"):
+        assert module._own_rng_states({"rng_states": own, "rng_states_per_rank": [own, other]}) is own
+    assert module._own_rng_states({"rng_states": own, "rng_states_per_rank": [own]}) is own
