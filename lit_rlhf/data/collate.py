@@ -80,6 +80,11 @@ class PairCollator:
     ``None`` when the rows have no margin, ``chosen_correct`` ``(batch,)`` bool (rows whose ``chosen_correct`` field
     is true: the chosen response is known to be right, not only better), and ``rows`` (the source rows).
 
+    For a forward pass that computes each prompt once (:func:`~lit_rlhf.models.scoring.shared_prompt_token_scores`)
+    it also holds the parts apart: ``prompt_input_ids`` / ``prompt_attention_mask`` ``(batch, prompt_len)``
+    left-padded, ``response_input_ids`` / ``response_attention_mask`` ``(2 * batch, response_len)`` right-padded
+    (chosen first, then rejected) and ``response_last_index`` ``(2 * batch,)`` (last real response token).
+
     Args:
         pad_id: the tokenizer's pad token id.
         padding_side: ``right`` (default) or ``left``; the scores do not depend on it.
@@ -99,10 +104,18 @@ class PairCollator:
         margins = [ex.get("margin") for ex in examples]
         if any(m is None for m in margins) and not all(m is None for m in margins):
             raise ValueError("some pairs of the batch have a margin and others do not")
+        prompt_ids, prompt_mask = pad_left([ex["prompt_ids"] for ex in examples], self.pad_id)
+        responses = [ex["chosen_ids"] for ex in examples] + [ex["rejected_ids"] for ex in examples]
+        response_ids, response_mask = pad_right(responses, self.pad_id)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "last_index": last_token_index(attention_mask),
+            "prompt_input_ids": prompt_ids,
+            "prompt_attention_mask": prompt_mask,
+            "response_input_ids": response_ids,
+            "response_attention_mask": response_mask,
+            "response_last_index": torch.tensor([len(r) - 1 for r in responses]),
             "margin": None if margins[0] is None else torch.tensor(margins, dtype=torch.float32),
             "chosen_correct": torch.tensor([bool(ex["row"].get("chosen_correct", False)) for ex in examples]),
             "rows": [ex["row"] for ex in examples],

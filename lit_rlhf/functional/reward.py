@@ -95,8 +95,8 @@ def prefix_pair_loss(
     Args:
         chosen_token_rewards: ``(batch, seq_len)`` score at every position of the chosen sequences.
         rejected_token_rewards: ``(batch, seq_len)`` the same for the rejected sequences.
-        chosen_ids: ``(batch, seq_len)`` right-padded chosen ids (prompt then response).
-        rejected_ids: ``(batch, seq_len)`` right-padded rejected ids, same prompt at the same positions.
+        chosen_ids: ``(batch, seq_len)`` right-padded chosen ids (prompt then response, or the response alone).
+        rejected_ids: ``(batch, seq_len)`` right-padded rejected ids, laid out as ``chosen_ids``.
         chosen_last: ``(batch,)`` position of each chosen sequence's last real token.
         rejected_last: ``(batch,)`` the same for rejected.
         chosen_correct: ``(batch,)`` bool, pairs whose chosen response is correct; others are left out.

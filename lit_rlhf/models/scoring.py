@@ -159,6 +159,56 @@ def token_scores(
     return score_head(model)(hidden).squeeze(-1).float()
 
 
+def shared_prompt_token_scores(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Scores at every response position of several responses per prompt, the prompt computed once.
+
+    Equal to :func:`token_scores` over ``[prompt | response]`` rows at the response positions (a causal model's
+    state at a response token depends on the prompt only through attention to its keys and values): the body runs
+    on the prompts with a KV cache, the cache is repeated for each response, and the responses run on top of it.
+    Gradients flow through the cache to the prompt computation. For pairs (chosen, rejected) with prompts of ~P
+    tokens and responses of ~R, that is ``P + 2R`` token positions instead of ``2(P + R)``.
+
+    Args:
+        model: a decoder-only sequence-classification model with one label.
+        prompt_ids: ``(num_prompts, prompt_len)`` left-padded prompt ids.
+        prompt_mask: ``(num_prompts, prompt_len)`` their 0/1 mask.
+        response_ids: ``(k * num_prompts, response_len)`` right-padded responses: the first ``num_prompts`` rows
+            answer prompts ``0..num_prompts-1``, the next ``num_prompts`` rows again, and so on (``k`` blocks).
+        response_mask: ``(k * num_prompts, response_len)`` their 0/1 mask.
+
+    Returns:
+        ``(k * num_prompts, response_len)`` float scores, row order as ``response_ids``.
+    """
+    num_prompts, k = prompt_ids.size(0), response_ids.size(0) // max(1, prompt_ids.size(0))
+    if k < 1 or k * num_prompts != response_ids.size(0):
+        raise ValueError(f"{response_ids.size(0)} responses are not a whole number of blocks of {num_prompts} prompts")
+    body = getattr(model, model.base_model_prefix)
+    prompt_positions = (prompt_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+    cache = body(
+        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions, use_cache=True
+    ).past_key_values
+    cache.batch_repeat_interleave(k)  # rows p0 x k, p1 x k, ...: responses go in that (interleaved) order
+    interleave = torch.arange(k * num_prompts, device=response_ids.device).view(k, num_prompts).t().reshape(-1)
+    lengths = prompt_mask.long().sum(dim=-1).repeat_interleave(k)
+    positions = lengths[:, None] + torch.arange(response_ids.size(1), device=response_ids.device)
+    mask = torch.cat([prompt_mask.repeat_interleave(k, dim=0), response_mask[interleave]], dim=1)
+    hidden = body(
+        input_ids=response_ids[interleave],
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
+    scores = score_head(model)(hidden).squeeze(-1).float()
+    return scores[torch.argsort(interleave)]
+
+
 def reward_normalization(model: PreTrainedModel) -> dict[str, float] | None:
     """The ``{"mean", "std", "num_responses"}`` a lit_rlhf reward-model export recorded, or ``None``."""
     return getattr(model.config, NORMALIZATION_KEY, None)

@@ -16,6 +16,7 @@ from lit_rlhf.models.scoring import (
     load_reward_model,
     score_head,
     sequence_scores,
+    shared_prompt_token_scores,
     token_scores,
 )
 from lit_rlhf.modules.base import RLHFModule
@@ -52,6 +53,10 @@ class RewardModule(RLHFModule):
         prefix_loss_coef: weight of :func:`~lit_rlhf.functional.reward.prefix_pair_loss`, a Bradley-Terry loss on
             every aligned prefix after the two responses part, for pairs whose row says ``chosen_correct: true``
             (the chosen answer is verified right, as in the arithmetic pairs). 0 disables it.
+        shared_prompt_forward: in training, run each pair's prompt once and both responses on its KV cache
+            (:func:`~lit_rlhf.models.scoring.shared_prompt_token_scores`): the same scores and gradients as two full
+            sequences, with ``P + 2R`` instead of ``2(P + R)`` token positions. Off under ``gradient_checkpointing``
+            (no KV cache there). Validation always scores full sequences.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not on biases and norms).
         betas: AdamW betas.
@@ -74,6 +79,7 @@ class RewardModule(RLHFModule):
         freeze_backbone: bool = False,
         center_coef: float = 0.0,
         prefix_loss_coef: float = 0.0,
+        shared_prompt_forward: bool = False,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -118,21 +124,38 @@ class RewardModule(RLHFModule):
         num_pairs = len(batch["rows"])
         return scores[:num_pairs], scores[num_pairs:]
 
+    def _shares_prompts(self, batch: dict[str, Any]) -> bool:
+        """Whether this training batch runs the prompt once for both responses (see ``shared_prompt_forward``)."""
+        return (
+            self.hparams.shared_prompt_forward
+            and not self.hparams.gradient_checkpointing  # HF turns the KV cache off under gradient checkpointing
+            and bool((batch["response_attention_mask"].sum(dim=1) > 0).all())
+        )
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         num_pairs = len(batch["rows"])
         coef = self.hparams.prefix_loss_coef
-        if coef:
-            per_token = token_scores(self.model, batch["input_ids"], batch["attention_mask"])
-            rows = torch.arange(per_token.size(0), device=per_token.device)
-            scores = per_token[rows, batch["last_index"]]
+        ids, last = batch["input_ids"], batch["last_index"]
+        if self._shares_prompts(batch):  # scores at response positions only: what both losses read
+            ids, last = batch["response_input_ids"], batch["response_last_index"]
+            per_token = shared_prompt_token_scores(
+                self.model,
+                batch["prompt_input_ids"],
+                batch["prompt_attention_mask"],
+                ids,
+                batch["response_attention_mask"],
+            )
+            scores = per_token[torch.arange(per_token.size(0), device=per_token.device), last]
+        elif coef:
+            per_token = token_scores(self.model, ids, batch["attention_mask"])
+            scores = per_token[torch.arange(per_token.size(0), device=per_token.device), last]
         else:
-            scores = self(batch["input_ids"], batch["attention_mask"], batch["last_index"])
+            scores = self(ids, batch["attention_mask"], last)
         chosen, rejected = scores[:num_pairs], scores[num_pairs:]
         loss, stats = bradley_terry_loss(chosen, rejected, batch["margin"], self.hparams.center_coef)
         size = chosen.size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         if coef:
-            ids, last = batch["input_ids"], batch["last_index"]
             prefix_loss, _ = prefix_pair_loss(
                 per_token[:num_pairs],
                 per_token[num_pairs:],

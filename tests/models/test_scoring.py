@@ -5,7 +5,13 @@ from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2For
 from lit_rlhf.data.collate import pad_left, pad_right
 from lit_rlhf.models import load_tokenizer
 from lit_rlhf.models.loading import ModelLoadError
-from lit_rlhf.models.scoring import ensure_distinct_pad, load_reward_model, sequence_scores, token_scores
+from lit_rlhf.models.scoring import (
+    ensure_distinct_pad,
+    load_reward_model,
+    sequence_scores,
+    shared_prompt_token_scores,
+    token_scores,
+)
 from tests.conftest import TINY_MODEL_CONFIG
 from tests.helpers import save_tiny_gpt2
 
@@ -79,3 +85,51 @@ def test_reward_model_export_loads_back_unchanged(tmp_path, reward_model, word_t
         expected = sequence_scores(reward_model, ids, mask)
         torch.testing.assert_close(sequence_scores(again, ids, mask), expected)
         torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).logits.squeeze(-1), expected)
+
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+CHOSEN = [[20, 21, 22, 3], [23, 3], [24, 25, 26, 27, 3]]
+REJECTED = [[20, 30, 3], [31, 32, 33, 3], [24, 25, 40, 41, 42, 43, 3]]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_shared_prompt_scores_and_gradients_equal_full_sequences(family, word_tokenizer, tmp_path):
+    if family == "llama":
+        model = load_reward_model("tiny-arithmetic", word_tokenizer, config_overrides=TINY_MODEL_CONFIG)
+        pad = word_tokenizer.pad_token_id
+    else:
+        path = save_tiny_gpt2(str(tmp_path / "lm"), ["hello world", "good bye"])
+        tokenizer = load_tokenizer(path, pad_with_eos=False)
+        ensure_distinct_pad(tokenizer, "<|pad|>", path)
+        model, pad = load_reward_model(path, tokenizer), tokenizer.pad_token_id
+    model.eval()  # GPT-2's dropout off; gradients still flow
+    torch.nn.init.normal_(model.score.weight)  # scores of order 1, so that differences would show
+    vocab = model.get_input_embeddings().num_embeddings - 1  # the GPT-2 BPE is small: fold the ids into it
+    prompts = [[i % vocab for i in p] for p in PROMPTS]
+    responses = [[i % vocab for i in r] for r in CHOSEN + REJECTED]
+    prompt_ids, prompt_mask = pad_left(prompts, pad)
+    response_ids, response_mask = pad_right(responses, pad)
+    shared = shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    full_ids, full_mask = pad_right([p + r for p, r in zip(prompts * 2, responses)], pad)
+    full = token_scores(model, full_ids, full_mask)
+    assert shared.shape == response_ids.shape
+    for i, (prompt, response) in enumerate(zip(prompts * 2, responses)):
+        torch.testing.assert_close(shared[i, : len(response)], full[i, len(prompt) : len(prompt) + len(response)])
+
+    def grads(scores, mask):
+        model.zero_grad()
+        (scores * mask).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    full_region = torch.zeros_like(full_mask)
+    for i, (prompt, response) in enumerate(zip(prompts * 2, responses)):
+        full_region[i, len(prompt) : len(prompt) + len(response)] = 1
+    shared_grads = grads(
+        shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids, response_mask), response_mask
+    )
+    full_grads = grads(token_scores(model, full_ids, full_mask), full_region)
+    assert shared_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="not a whole number of blocks of 3 prompts"):
+        shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids[:5], response_mask[:5])
