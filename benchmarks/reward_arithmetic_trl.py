@@ -78,9 +78,10 @@ What differs between the rows:
   score head is drawn from each one's RNG (same distribution: normal, std 1/sqrt(hidden+1), lit_rlhf's init).
 - Warmup: lit_rlhf's step s of warmup uses (s+1)/(warmup+1) of the LR; Hugging Face's uses s/warmup (first step LR
   0). Both then follow the config's `{schedule}` schedule.
-- Forward pass: TRL runs chosen and rejected as two full sequences in one batch; lit_rlhf with the config's
-  `shared_prompt_forward: true` runs each prompt once and both responses on its KV cache (the same scores and
-  gradients, fewer token positions: that is where its lead comes from).
+- Forward pass: TRL runs chosen and rejected as two full sequences in one batch, as lit_rlhf does by default;
+  with `shared_prompt_forward: true` (`-- --model.init_args.shared_prompt_forward true`; off in the shipped
+  arithmetic config) lit_rlhf runs each prompt once and both responses on its KV cache (the same scores and
+  gradients, fewer token positions).
 - Both: AdamW (no decay on biases and norms), clip at norm 1, fp32, score read at the EOS that ends each response.
 """
 
