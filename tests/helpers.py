@@ -5,6 +5,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -102,3 +104,16 @@ def read_events(run_dir: str) -> tuple[dict[str, list[tuple[int, float]]], dict[
 def word_count_reward(prompts: list[str], completions: list[str], rows: list[dict]) -> list[float]:
     """A plain reward function for the tests that pick one from YAML: minus the number of words."""
     return [-float(len(c.split())) for c in completions]
+
+
+def run_two_rank_script(script: str, args: list[str], out_dir) -> list[dict]:
+    """Run ``script args...``, a standalone 2-process CPU (gloo) DDP run that writes ``<out_dir>/rank<r>.json``, and
+    return both ranks' records. The repository root is put on ``PYTHONPATH`` (Lightning re-runs the script as rank 1).
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, script, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.load(open(os.path.join(out_dir, f"rank{rank}.json"))) for rank in range(2)]

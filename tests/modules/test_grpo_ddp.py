@@ -1,26 +1,14 @@
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import run_two_rank_script
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_grpo_run.py")
 
 
 def test_grpo_under_two_process_ddp_keeps_ranks_in_step(tmp_path, policy_dir):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, SCRIPT, policy_dir, str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    ranks = run_two_rank_script(SCRIPT, [policy_dir, str(tmp_path)], tmp_path)
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert [r["iteration"] for r in ranks] == [3, 3]
     # Each rank samples and scores its own prompts...

@@ -1,30 +1,17 @@
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from lit_rlhf.models import build_word_tokenizer
 from lit_rlhf.models.tiny import build_tiny_llama
 from tests.conftest import TINY_MODEL_CONFIG
+from tests.helpers import run_two_rank_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_ppo_run.py")
 
 
 def run_ddp(policy, out_dir, *resume_from):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, SCRIPT, policy, str(out_dir), *resume_from],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return [json.load(open(out_dir / f"rank{r}.json")) for r in range(2)]
+    return run_two_rank_script(SCRIPT, [policy, str(out_dir), *resume_from], out_dir)
 
 
 def test_ppo_under_two_process_ddp_keeps_ranks_in_step(tmp_path):
