@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lit_rlhf.data.collate import pad_left
 from lit_rlhf.data.tokenization import encode_prompt
 from lit_rlhf.evaluation.judges import PairwiseJudge, Verdict
-from lit_rlhf.functional.winrate import CIMethod, pair_scores, win_rate_stats
+from lit_rlhf.functional.winrate import CIMethod, WinRateStats, pair_scores, win_rate_stats
 from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.tables import markdown_table
@@ -53,38 +53,37 @@ class PairRecord:
 
 @dataclass
 class WinRateResult:
-    """Win rate of the policy over the reference, with the figures of
-    :class:`~lit_rlhf.functional.winrate.WinRateStats` and the per-pair records.
+    """Win rate of the policy over the reference: the figures of
+    :class:`~lit_rlhf.functional.winrate.WinRateStats` (read them as attributes: ``result.win_rate``,
+    ``result.ci_low``, ...), how the interval was made, and the per-pair records.
 
     Attributes:
-        win_rate, ci_low, ci_high, wins, losses, ties, num_pairs, tie_rate, abstain_rate, position_a_rate: see
-            :class:`~lit_rlhf.functional.winrate.WinRateStats`.
+        stats: the :class:`~lit_rlhf.functional.winrate.WinRateStats` (``win_rate``, ``ci_low``, ``ci_high``,
+            ``wins``, ``losses``, ``ties``, ``num_pairs``, ``tie_rate``, ``abstain_rate``, ``position_a_rate``).
         confidence: coverage of ``[ci_low, ci_high]``.
         ci_method: ``"bootstrap"`` or ``"normal"``.
         pairs: one :class:`PairRecord` per prompt, in prompt order.
     """
 
-    win_rate: float
-    ci_low: float
-    ci_high: float
-    wins: int
-    losses: int
-    ties: int
-    num_pairs: int
-    tie_rate: float
-    abstain_rate: float
-    position_a_rate: float | None
+    stats: WinRateStats
     confidence: float
     ci_method: str
     pairs: list[PairRecord] = field(default_factory=list)
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "stats":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        if name in WinRateStats._fields:
+            return getattr(self.stats, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def summary(self) -> dict[str, Any]:
         """The figures without the pairs."""
-        return {k: v for k, v in asdict(self).items() if k != "pairs"}
+        return {**self.stats._asdict(), "confidence": self.confidence, "ci_method": self.ci_method}
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-serialisable."""
-        return asdict(self)
+        return {**self.summary(), "pairs": [asdict(pair) for pair in self.pairs]}
 
     def table(self) -> str:
         """The figures as a small markdown table."""
@@ -233,7 +232,7 @@ def compare_responses(
             prompts, policy_responses, reference_responses, policy_as_a, policy_as_b, scores
         )
     ]
-    return WinRateResult(**stats._asdict(), confidence=confidence, ci_method=ci_method, pairs=pairs)
+    return WinRateResult(stats, confidence=confidence, ci_method=ci_method, pairs=pairs)
 
 
 def _model_and_tokenizer(
