@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_rlhf.data.collate import pad_left
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import mask_after_eos
 
@@ -104,6 +106,60 @@ def generate(
 def decode_responses(tokenizer: PreTrainedTokenizerBase, generation: Generation) -> list[str]:
     """Response texts without special tokens (EOS, padding)."""
     return tokenizer.batch_decode(generation.response_ids, skip_special_tokens=True)
+
+
+def responses_in_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    sort_by_length: bool = True,
+    **sampling: Any,
+) -> list[str]:
+    """Response texts (special tokens removed) of ``model`` to each prompt, in prompt order.
+
+    Prompts go in batches of ``batch_size``, left-padded, on the model's device, through :func:`generate` (eval mode,
+    KV cache, cut after the first EOS).
+
+    Args:
+        model: a causal LM (unwrapped, not a DDP wrapper).
+        tokenizer: its tokenizer (pad and EOS ids).
+        prompt_ids: each prompt's ids, none empty.
+        max_new_tokens: longest response.
+        batch_size: prompts per generation batch.
+        sort_by_length: batch prompts of similar length together (less padding). Off keeps the given order, which
+            fixes which random numbers each prompt's samples draw.
+        **sampling: ``do_sample``, ``temperature``, ``top_k``, ``top_p`` of :func:`generate` (default greedy).
+
+    Returns:
+        ``len(prompt_ids)`` response texts.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if any(len(ids) == 0 for ids in prompt_ids):
+        raise ValueError("an empty prompt (no tokens) cannot be answered; give every prompt some text")
+    device = next(model.parameters()).device
+    order = list(range(len(prompt_ids)))
+    if sort_by_length:
+        order.sort(key=lambda i: len(prompt_ids[i]))
+    responses = [""] * len(prompt_ids)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = pad_left([prompt_ids[i] for i in chunk], tokenizer.pad_token_id)
+        generation = generate(
+            model,
+            ids.to(device),
+            mask.to(device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+        for i, text in zip(chunk, decode_responses(tokenizer, generation)):
+            responses[i] = text
+    return responses
 
 
 def generate_for_batch(

@@ -33,8 +33,7 @@ from typing import Any
 import torch
 
 from lit_rlhf.data.arithmetic_task import ArithmeticProblem, exact_match, graded_score, split_problems
-from lit_rlhf.data.collate import pad_left
-from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.generation import responses_in_batches
 
 log = logging.getLogger(__name__)
 
@@ -162,23 +161,18 @@ def sample_responses(
     tokenizer = load_tokenizer(policy_dir)
     model = load_causal_lm(policy_dir, tokenizer).to(device).eval()
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-    texts: list[str] = []
     with torch.random.fork_rng(devices=[device] if device.startswith("cuda") else []):
         torch.manual_seed(seed)
-        for start in range(0, len(repeated), batch_size):
-            chunk = repeated[start : start + batch_size]
-            ids, mask = pad_left([tokenizer(p)["input_ids"] for p in chunk], tokenizer.pad_token_id)
-            generation = generate(
-                model,
-                ids.to(device),
-                mask.to(device),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                do_sample=True,
-                temperature=temperature,
-            )
-            texts.extend(decode_responses(tokenizer, generation))
+        texts = responses_in_batches(
+            model,
+            tokenizer,
+            [tokenizer(p)["input_ids"] for p in repeated],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            sort_by_length=False,  # the given order: each prompt's samples draw the same random numbers as before
+            do_sample=True,
+            temperature=temperature,
+        )
     return [texts[i : i + samples_per_prompt] for i in range(0, len(texts), samples_per_prompt)]
 
 

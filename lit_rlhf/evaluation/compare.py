@@ -9,11 +9,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_rlhf.data.collate import pad_left
 from lit_rlhf.data.tokenization import encode_prompt
 from lit_rlhf.evaluation.judges import PairwiseJudge, Verdict
 from lit_rlhf.functional.winrate import CIMethod, WinRateStats, pair_scores, win_rate_stats
-from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.generation import responses_in_batches
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.tables import markdown_table
 
@@ -155,27 +154,7 @@ def greedy_responses(
     Returns:
         ``len(prompt_ids)`` response texts.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if any(len(ids) == 0 for ids in prompt_ids):
-        raise ValueError("an empty prompt (no tokens) cannot be answered; give every prompt some text")
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    responses = [""] * len(prompt_ids)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask = pad_left([prompt_ids[i] for i in chunk], tokenizer.pad_token_id)
-        generation = generate(
-            model,
-            ids.to(device),
-            mask.to(device),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for i, text in zip(chunk, decode_responses(tokenizer, generation)):
-            responses[i] = text
-    return responses
+    return responses_in_batches(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def judge_both_orders(
