@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_rlhf.data.collate import pad_left
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import mask_after_eos
+from lit_rlhf.functional.padding import pad_left
 
 
 class Generation(NamedTuple):

@@ -8,6 +8,7 @@ from lit_rlhf.functional.grpo import GroupStats, GRPOLossStats, group_advantages
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import IGNORE_INDEX, mask_after_eos, masked_mean, masked_sum
+from lit_rlhf.functional.padding import pad_left, pad_right
 from lit_rlhf.functional.ppo import (
     PolicyStats,
     ValueStats,
@@ -54,6 +55,8 @@ __all__ = [
     "micro_batch_weights",
     "normal_ci",
     "order_scores",
+    "pad_left",
+    "pad_right",
     "pair_scores",
     "masked_sum",
     "masked_whiten",

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from lit_rlhf.data.collate import pad_left
+from lit_rlhf.functional.padding import pad_left
 from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.rewards.base import RewardError, RewardSource

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from lit_rlhf.data.collate import pad_right
 from lit_rlhf.data.tokenization import encode_prompt
+from lit_rlhf.functional.padding import pad_right
 from lit_rlhf.models.loading import load_tokenizer
 from lit_rlhf.models.scoring import load_reward_model, reward_normalization, sequence_scores
 from lit_rlhf.rewards.base import RewardSource
