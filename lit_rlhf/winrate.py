@@ -66,7 +66,12 @@ def read_prompts(source: str, column: str = "prompt", num_prompts: int | None = 
 
 def build_judge(args: argparse.Namespace) -> PairwiseJudge:
     if args.judge_reward_model:
-        return RewardModelJudge(args.judge_reward_model, batch_size=args.batch_size, dtype=args.dtype)
+        return RewardModelJudge(
+            args.judge_reward_model,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            attn_implementation=args.attn_implementation,
+        )
     template = args.template or DEFAULT_PAIRWISE_TEMPLATE
     if args.template and os.path.isfile(args.template):
         with open(args.template, encoding="utf-8") as f:
@@ -79,12 +84,14 @@ def build_judge(args: argparse.Namespace) -> PairwiseJudge:
         batch_size=args.batch_size,
         max_new_tokens=args.judge_max_new_tokens,
         dtype=args.dtype,
+        attn_implementation=args.attn_implementation,
     )
 
 
-def load_model(path: str, dtype: str | None, device: str) -> tuple[Any, Any]:
+def load_model(path: str, dtype: str | None, device: str, attn_implementation: str | None = None) -> tuple[Any, Any]:
     tokenizer = load_tokenizer(path)
-    return load_causal_lm(path, tokenizer, dtype=dtype).eval().to(device), tokenizer
+    model = load_causal_lm(path, tokenizer, dtype=dtype, attn_implementation=attn_implementation)
+    return model.eval().to(device), tokenizer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,6 +122,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wrap the prompts in each model's chat template (default: if it has one; never for arithmetic)",
     )
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    parser.add_argument(
+        "--attn-implementation",
+        default=None,
+        help="attention kernel of the policy, reference and judge (eager, sdpa, flash_attention_2; default: "
+        "transformers' choice)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--ci-method", choices=["bootstrap", "normal"], default="bootstrap")
@@ -130,8 +143,8 @@ def main(argv: list[str] | None = None) -> WinRateResult:
     start = time.perf_counter()
     prompts = read_prompts(args.prompts, args.prompt_column, args.num_prompts, args.arithmetic_seed)
     use_chat_template = False if args.prompts == ARITHMETIC else args.use_chat_template
-    policy, policy_tokenizer = load_model(args.policy, args.dtype, args.device)
-    reference, reference_tokenizer = load_model(args.reference, args.dtype, args.device)
+    policy, policy_tokenizer = load_model(args.policy, args.dtype, args.device, args.attn_implementation)
+    reference, reference_tokenizer = load_model(args.reference, args.dtype, args.device, args.attn_implementation)
     judge = build_judge(args).to(args.device)
     result = win_rate(
         policy,

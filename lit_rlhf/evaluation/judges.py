@@ -137,6 +137,8 @@ class RewardModelJudge(PairwiseJudge):
         system_prompt: optional system message for that template.
         dtype: ``float32``, ``bfloat16`` or ``float16`` weights.
         trust_remote_code: passed to ``from_pretrained``.
+        attn_implementation: attention kernel (``eager``, ``sdpa``, ``flash_attention_2``, ...); ``None`` lets
+            transformers choose.
         name: name in messages (default ``reward_model_judge``).
     """
 
@@ -152,6 +154,7 @@ class RewardModelJudge(PairwiseJudge):
         system_prompt: str | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -165,6 +168,7 @@ class RewardModelJudge(PairwiseJudge):
             system_prompt=system_prompt,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
             name=self.name,
         )
         self.last_scores_a: list[float] = []
@@ -235,6 +239,8 @@ class LLMPairwiseJudge(PairwiseJudge):
         max_prompt_length: judge prompt tokens kept; ``None`` = the judge's context minus ``max_new_tokens``.
         dtype: ``float32``, ``bfloat16`` or ``float16`` judge weights; ``None`` = float32.
         trust_remote_code: passed to ``from_pretrained``.
+        attn_implementation: attention kernel (``eager``, ``sdpa``, ``flash_attention_2``, ...); ``None`` lets
+            transformers choose.
         name: name in messages (default ``llm_pairwise_judge``).
 
     Raises:
@@ -256,6 +262,7 @@ class LLMPairwiseJudge(PairwiseJudge):
         max_prompt_length: int | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -283,6 +290,7 @@ class LLMPairwiseJudge(PairwiseJudge):
             max_prompt_length=max_prompt_length,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
             name=self.name,
         )
         self.last_outputs: list[str] = []

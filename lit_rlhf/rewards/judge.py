@@ -144,6 +144,8 @@ class LLMJudgeReward(RewardSource):
             whatever the checkpoint's ``generation_config.json`` says.
         dtype: ``float32``, ``bfloat16`` or ``float16`` judge weights; ``None`` = float32.
         trust_remote_code: passed to ``from_pretrained``.
+        attn_implementation: attention kernel (``eager``, ``sdpa``, ``flash_attention_2``, ...); ``None`` lets
+            transformers choose.
         name: name in logs (default ``llm_judge``).
 
     Raises:
@@ -169,6 +171,7 @@ class LLMJudgeReward(RewardSource):
         repetition_penalty: float = 1.0,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -195,7 +198,11 @@ class LLMJudgeReward(RewardSource):
         self.max_new_tokens = max_new_tokens
 
         model = load_causal_lm(
-            judge_name_or_path, self.tokenizer, dtype=dtype, trust_remote_code=trust_remote_code
+            judge_name_or_path,
+            self.tokenizer,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
         ).eval()
         model.requires_grad_(False)
         if getattr(model, "generation_config", None) is not None:

@@ -14,6 +14,7 @@ from lit_rlhf.evaluation import (
 )
 from lit_rlhf.models import build_word_tokenizer
 from lit_rlhf.models.scoring import load_reward_model, sequence_scores
+from lit_rlhf.rewards import LLMJudgeReward
 from tests.conftest import TINY_MODEL_CONFIG
 from tests.rewards.test_judge import save_constant_judge
 
@@ -157,3 +158,14 @@ def test_a_judge_that_returns_garbage_is_named():
         Broken()(["p", "q", "r"], ["a"] * 3, ["c"] * 3)
     with pytest.raises(JudgeError, match="got 2 prompts, 1 A responses and 2 B responses"):
         Broken()(["p", "q"], ["a"], ["c", "d"])
+
+
+def test_judges_load_their_model_with_the_asked_attention_kernel(constant_judges, rm_dir):
+    llm = LLMPairwiseJudge(constant_judges["B"], attn_implementation="eager")
+    assert llm.model.config._attn_implementation == "eager"
+    assert llm.judge(PROMPTS[:1], A[:1], B[:1]) == ["B"]  # still the constant judge's answer
+    rule = LLMJudgeReward(constant_judges["B"], template="{question}", attn_implementation="eager")
+    assert rule.model.config._attn_implementation == "eager"
+    path, _, _ = rm_dir
+    assert RewardModelJudge(path, attn_implementation="eager").reward.model.config._attn_implementation == "eager"
+    assert LLMPairwiseJudge(constant_judges["B"]).model.config._attn_implementation == "sdpa"  # transformers' choice

@@ -85,7 +85,7 @@ def test_the_command_on_arithmetic_prompts_with_a_reward_model_judge(tmp_path):
     command = [sys.executable, "-m", "lit_rlhf.winrate", "--policy", str(tmp_path / "policy")]
     command += ["--reference", str(tmp_path / "reference"), "--prompts", "arithmetic", "--num-prompts", "6"]
     command += ["--judge-reward-model", str(tmp_path / "rm"), "--max-new-tokens", "6", "--ci-method", "normal"]
-    command += ["--out", str(out), "--device", "cpu"]
+    command += ["--out", str(out), "--device", "cpu", "--attn-implementation", "eager"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert "on 6 prompts (arithmetic), judge: reward model" in done.stdout and "| win rate |" in done.stdout
