@@ -28,3 +28,50 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
         ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[i, : len(seq)] = 1
     return ids, mask
+
+
+def length_chunks(lengths: torch.Tensor, max_chunks: int) -> list[tuple[torch.Tensor, int]]:
+    """Split the rows of a padded batch into groups of similar length that together hold the fewest pad positions.
+
+    A right-padded batch of ``n`` rows costs ``n * max(lengths)`` positions in every forward pass. Sorted by length
+    and cut into contiguous groups, each group cut to its own longest row costs ``sum(rows_g * longest_g)``. The cuts
+    are chosen exactly (dynamic programming over the sorted lengths); fewer groups are used when more would not
+    save a position.
+
+    Args:
+        lengths: ``(batch,)`` number of real (leading) positions of each row.
+        max_chunks: at most this many groups (>= 1).
+
+    Returns:
+        ``[(rows, width), ...]``: per group, the ``(group_size,)`` row indices (shortest rows first, groups in
+        order of length) and the width to cut the group's rows to. Every row is in exactly one group.
+    """
+    if max_chunks < 1:
+        raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
+    sorted_lengths, order = torch.sort(lengths.detach().cpu(), stable=True)
+    n = sorted_lengths.numel()
+    sizes = sorted_lengths.tolist()
+    # A group never needs to end between two rows of the same length, so groups end only where the length changes
+    # (or at the last row): O(max_chunks * distinct_lengths^2) steps.
+    ends = [i for i in range(1, n + 1) if i == n or sizes[i - 1] != sizes[i]]
+    # best[j][i]: fewest positions for the i shortest rows in j groups; cut[j][i]: where the last group starts.
+    inf = float("inf")
+    best = [{0: 0.0}]
+    cut: list[dict[int, int]] = [{}]
+    for _ in range(min(max_chunks, len(ends))):
+        previous, row, starts = best[-1], {}, {}
+        for i in ends:
+            for m, before in previous.items():  # the last group holds sorted rows m..i-1, as wide as row i-1
+                cost = before + (i - m) * sizes[i - 1] if m < i else inf
+                if cost < row.get(i, inf):
+                    row[i], starts[i] = cost, m
+        best.append(row)
+        cut.append(starts)
+    num_groups = min(range(1, len(best)), key=lambda j: (best[j].get(n, inf), j))  # fewest groups, least cost
+    bounds, end = [], n
+    for j in range(num_groups, 0, -1):
+        start = cut[j][end]
+        bounds.append((start, end))
+        end = start
+    order = order.to(lengths.device)
+    return [(order[start:end], int(sizes[end - 1])) for start, end in reversed(bounds)]

@@ -7,8 +7,10 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
+from lit_rlhf.functional.masking import IGNORE_INDEX
+from lit_rlhf.functional.padding import length_chunks
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.functional.sft import sft_loss
+from lit_rlhf.functional.sft import SFTStats, sft_loss
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.modules.base import RLHFModule
@@ -33,6 +35,10 @@ class SFTModule(RLHFModule):
         attn_implementation: attention kernel (``eager``, ``sdpa``, ``flash_attention_2``, ...); ``null`` lets
             transformers choose (``sdpa`` where the model supports it).
         gradient_checkpointing: trade compute for memory on large models.
+        length_chunks: run each training batch as up to this many forward passes over rows of similar length,
+            each cut to its own longest row (:func:`~lit_rlhf.functional.padding.length_chunks` picks the cuts
+            that leave the fewest pad positions). The batch, its loss and its gradient stay the same (up to float
+            rounding); only pad positions are skipped. 1 = one pass over the padded batch.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and norms).
         betas: AdamW betas.
@@ -54,6 +60,7 @@ class SFTModule(RLHFModule):
         trust_remote_code: bool = False,
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
+        length_chunks: int = 1,
         learning_rate: float = 2e-5,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -65,6 +72,8 @@ class SFTModule(RLHFModule):
         num_logged_samples: int = 8,
     ) -> None:
         super().__init__()
+        if length_chunks < 1:
+            raise ValueError(f"length_chunks must be >= 1, got {length_chunks}")
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(
             tokenizer_name_or_path or model_name_or_path, trust_remote_code=trust_remote_code
@@ -89,14 +98,30 @@ class SFTModule(RLHFModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        loss, stats = sft_loss(logits, batch["labels"])
+        loss, stats = self._batch_loss(batch)
         size = batch["input_ids"].size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/perplexity", stats.loss.exp(), batch_size=size)
         self.log("train/token_accuracy", stats.num_correct / stats.num_tokens.clamp(min=1), batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
         return loss
+
+    def _batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, SFTStats]:
+        """The batch's :func:`sft_loss`, in ``length_chunks`` passes over its right-padded rows."""
+        if self.hparams.length_chunks == 1:
+            return sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        mask = batch["attention_mask"]
+        if not bool(mask[:, 0].all()):
+            raise ValueError("length_chunks needs right-padded batches (every row starting with a real token)")
+        chunks = length_chunks(mask.sum(dim=1), self.hparams.length_chunks)
+        total = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        loss, num_correct = 0.0, 0
+        for rows, width in chunks:  # rows are right-padded: positions past `width` are padding in every row
+            logits = self(batch["input_ids"][rows, :width], batch["attention_mask"][rows, :width])
+            chunk_loss, stats = sft_loss(logits, batch["labels"][rows, :width])
+            loss = loss + chunk_loss * (stats.num_tokens / total.clamp(min=1))  # chunk mean -> share of batch mean
+            num_correct = num_correct + stats.num_correct
+        return loss, SFTStats(loss=loss.detach(), num_tokens=total, num_correct=num_correct)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])

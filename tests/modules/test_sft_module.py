@@ -126,3 +126,47 @@ def test_rng_states_of_another_world_size_fall_back_to_rank_zero_with_a_warning(
     with pytest.warns(UserWarning, match="RNG states of 2 rank"):
         assert module._own_rng_states({"rng_states": own, "rng_states_per_rank": [own, other]}) is own
     assert module._own_rng_states({"rng_states": own, "rng_states_per_rank": [own]}) is own
+
+
+def test_length_chunks_gives_the_loss_and_gradients_of_the_whole_batch(tmp_path):
+    module, data, _ = make(tmp_path, max_steps=1)
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert lengths.min() < lengths.max()  # rows of several lengths, so the chunks are cut shorter
+    results = {}
+    for chunks in (1, 3):
+        module.hparams.length_chunks = chunks
+        module.model.zero_grad()
+        loss, stats = module._batch_loss(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+        results[chunks] = (loss.item(), stats.num_tokens.item(), stats.num_correct.item(), grads)
+    (loss, tokens, correct, grads), (chunk_loss, chunk_tokens, chunk_correct, chunk_grads) = results[1], results[3]
+    assert chunk_loss == pytest.approx(loss, rel=1e-6) and (chunk_tokens, chunk_correct) == (tokens, correct)
+    for name, grad in grads.items():
+        torch.testing.assert_close(chunk_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_length_chunks_trains_and_refuses_bad_settings(tmp_path):
+    recorder = LossRecorder()
+    L.seed_everything(0)
+    module = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2, length_chunks=2)
+    data = ArithmeticDataModule(num_train=128, num_val=32, batch_size=32)
+    trainer = L.Trainer(
+        max_steps=3,
+        default_root_dir=tmp_path,
+        callbacks=[recorder],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, data)
+    assert len(recorder.losses) == 3 and trainer.callback_metrics["train/token_accuracy"] > 0
+    with pytest.raises(ValueError, match="length_chunks"):
+        SFTModule(model_config=TINY_MODEL_CONFIG, length_chunks=0)
+    left = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
+    with pytest.raises(ValueError, match="right-padded"):
+        module._batch_loss({**left, "labels": left["input_ids"]})

@@ -1,0 +1,88 @@
+"""SFT step time with ``SFTModule(length_chunks=k)`` on real arithmetic batches: k passes over rows of similar length.
+
+    .venv/bin/python benchmarks/sft_length_chunks.py                       # k = 1, 2, 3; 5 rounds of 30 batches
+    .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 2 --rounds 9
+
+Builds ``configs/arithmetic/sft.yaml``'s model (a fresh ``tiny-arithmetic`` Llama) and data (batch 64), takes the
+first ``--batches`` training batches, and times forward + backward + AdamW step per batch for each ``k``, the
+settings alternating round by round so that drifts of the machine's speed hit all of them alike. Prints the share
+of pad positions each ``k`` leaves and the median milliseconds per step, with each ``k``'s speed-up over ``k = 1``
+(ratio of medians). Only the training step is timed: data loading, logging and validation are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.common import load_warning, machine_line, read_config, use_threads  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/arithmetic/sft.yaml")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 3], help="length_chunks settings to compare")
+    parser.add_argument("--batches", type=int, default=30, help="training batches timed per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; each times every setting once")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args()
+    use_threads(args.threads)
+    import lightning as L
+    import torch
+
+    from lit_rlhf.data import ArithmeticDataModule
+    from lit_rlhf.functional.padding import length_chunks
+    from lit_rlhf.modules import SFTModule
+
+    print(machine_line())
+    warning = load_warning()
+    if warning:
+        print(warning)
+    config = read_config(args.config)
+    L.seed_everything(config.get("seed_everything", 0))
+    module = SFTModule(model_name_or_path=config["model"]["init_args"]["model_name_or_path"])
+    data = ArithmeticDataModule(**config["data"]["init_args"])
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    loader = iter(data.train_dataloader())
+    batches = [next(loader) for _ in range(args.batches)]
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    print(f"{len(batches)} batches of {batches[0]['input_ids'].size(0)} rows, {real} real token positions")
+    for k in args.chunks:
+        cost = sum(len(r) * w for b in batches for r, w in length_chunks(b["attention_mask"].sum(dim=1), k))
+        print(f"length_chunks={k}: {cost} positions computed, {1 - real / cost:.1%} of them padding")
+
+    def step(batch: dict) -> None:
+        loss, _ = module._batch_loss(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    times: dict[int, list[float]] = {k: [] for k in args.chunks}
+    for _ in range(args.rounds):
+        for k in args.chunks:
+            module.hparams.length_chunks = k
+            step(batches[0])  # warm-up
+            start = time.perf_counter()
+            for batch in batches:
+                step(batch)
+            times[k].append((time.perf_counter() - start) / len(batches) * 1000)
+    base = statistics.median(times[args.chunks[0]])
+    for k in args.chunks:
+        median = statistics.median(times[k])
+        runs = ", ".join(f"{t:.1f}" for t in times[k])
+        print(
+            f"length_chunks={k}: {median:.1f} ms/step median ({runs}); "
+            f"{base / median:.2f}x of length_chunks={args.chunks[0]}"
+        )
+
+
+if __name__ == "__main__":
+    main()

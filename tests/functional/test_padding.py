@@ -1,0 +1,59 @@
+import itertools
+
+import pytest
+import torch
+
+from lit_rlhf.functional.padding import length_chunks, pad_left, pad_right
+
+
+def positions(chunks):
+    return sum(len(rows) * width for rows, width in chunks)
+
+
+def test_pad_left_and_right_put_the_ids_at_either_end():
+    ids, mask = pad_left([[5, 6], [7]], pad_id=0)
+    assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
+    ids, mask = pad_right([[5, 6], [7]], pad_id=0)
+    assert ids.tolist() == [[5, 6], [7, 0]] and mask.tolist() == [[1, 1], [1, 0]]
+
+
+def test_length_chunks_on_a_hand_computed_batch():
+    lengths = torch.tensor([9, 2, 9, 3, 2, 9])
+    # One pass: 6 rows x 9 = 54 positions. Two groups: {2, 2, 3} cut to 3 and {9, 9, 9} cut to 9 = 9 + 27 = 36
+    # (cutting after the two 2s gives 2*2 + 4*9 = 40, after the 3 is the only better place).
+    (short, short_width), (long, long_width) = length_chunks(lengths, 2)
+    assert short.tolist() == [1, 4, 3] and short_width == 3
+    assert long.tolist() == [0, 2, 5] and long_width == 9
+    # Three groups: {2, 2} x 2, {3} x 3, {9, 9, 9} x 9 = 4 + 3 + 27 = 34.
+    assert [(rows.tolist(), width) for rows, width in length_chunks(lengths, 3)] == [
+        ([1, 4], 2),
+        ([3], 3),
+        ([0, 2, 5], 9),
+    ]
+    ((rows, width),) = length_chunks(lengths, 1)
+    assert sorted(rows.tolist()) == list(range(6)) and width == 9
+
+
+def test_length_chunks_uses_no_more_groups_than_save_positions():
+    assert len(length_chunks(torch.tensor([4, 4, 4]), 3)) == 1  # equal lengths: nothing to save
+    assert [w for _, w in length_chunks(torch.tensor([2, 9, 2, 9]), 4)] == [2, 9]
+    with pytest.raises(ValueError, match="max_chunks"):
+        length_chunks(torch.tensor([1]), 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_length_chunks_finds_the_fewest_positions_of_any_cut(seed):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 12, (9,), generator=generator)
+    for max_chunks in (1, 2, 3):
+        chunks = length_chunks(lengths, max_chunks)
+        rows = torch.cat([r for r, _ in chunks])
+        assert sorted(rows.tolist()) == list(range(9))  # every row exactly once
+        assert all(int(lengths[r].max()) == w for r, w in chunks)  # each group as wide as its longest row
+        ordered = sorted(lengths.tolist())
+        brute = min(  # every way to cut the sorted rows into at most max_chunks groups
+            sum((b - a) * ordered[b - 1] for a, b in zip((0, *cuts), (*cuts, 9)))
+            for k in range(max_chunks)
+            for cuts in itertools.combinations(range(1, 9), k)
+        )
+        assert positions(chunks) == brute
