@@ -151,18 +151,8 @@ def test_length_chunks_gives_the_loss_and_gradients_of_the_whole_batch(tmp_path)
 
 def test_length_chunks_trains_and_refuses_bad_settings(tmp_path):
     recorder = LossRecorder()
-    L.seed_everything(0)
-    module = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2, length_chunks=2)
-    data = ArithmeticDataModule(num_train=128, num_val=32, batch_size=32)
-    trainer = L.Trainer(
-        max_steps=3,
-        default_root_dir=tmp_path,
-        callbacks=[recorder],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    module, data, trainer = make(tmp_path, 3, [recorder], num_train=128)
+    module.hparams.length_chunks = 2
     trainer.fit(module, data)
     assert len(recorder.losses) == 3 and trainer.callback_metrics["train/token_accuracy"] > 0
     with pytest.raises(ValueError, match="length_chunks"):
