@@ -50,6 +50,8 @@ def length_chunks(lengths: torch.Tensor, max_chunks: int) -> list[tuple[torch.Te
         raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
     sorted_lengths, order = torch.sort(lengths.detach().cpu(), stable=True)
     n = sorted_lengths.numel()
+    if n == 0:
+        return []
     sizes = sorted_lengths.tolist()
     # A group never needs to end between two rows of the same length, so groups end only where the length changes
     # (or at the last row): O(max_chunks * distinct_lengths^2) steps.

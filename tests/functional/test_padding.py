@@ -37,6 +37,7 @@ def test_length_chunks_on_a_hand_computed_batch():
 def test_length_chunks_uses_no_more_groups_than_save_positions():
     assert len(length_chunks(torch.tensor([4, 4, 4]), 3)) == 1  # equal lengths: nothing to save
     assert [w for _, w in length_chunks(torch.tensor([2, 9, 2, 9]), 4)] == [2, 9]
+    assert length_chunks(torch.tensor([], dtype=torch.long), 2) == []
     with pytest.raises(ValueError, match="max_chunks"):
         length_chunks(torch.tensor([1]), 0)
 
