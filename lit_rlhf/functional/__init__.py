@@ -24,7 +24,7 @@ from lit_rlhf.functional.ppo import (
 )
 from lit_rlhf.functional.reward import RewardStats, bradley_terry_loss, last_token_index
 from lit_rlhf.functional.schedules import warmup_decay_factor
-from lit_rlhf.functional.sft import SFTStats, sft_loss
+from lit_rlhf.functional.sft import SFTStats, num_target_tokens, sft_loss
 from lit_rlhf.functional.winrate import WinRateStats, bootstrap_ci, normal_ci, order_scores, pair_scores, win_rate_stats
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "mean_var_to_sums",
     "micro_batch_weights",
     "normal_ci",
+    "num_target_tokens",
     "order_scores",
     "pad_left",
     "pad_right",

@@ -24,8 +24,16 @@ class SFTStats(NamedTuple):
     num_correct: torch.Tensor
 
 
+def num_target_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Scalar count of the supervised targets of ``labels`` ``(batch, seq_len)``: positions 1.. not ignored."""
+    return (labels[:, 1:] != ignore_index).sum()
+
+
 def sft_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    normalizer: torch.Tensor | int | None = None,
 ) -> tuple[torch.Tensor, SFTStats]:
     """Causal-LM cross-entropy where prompt and padding positions are ignored.
 
@@ -37,6 +45,9 @@ def sft_loss(
         logits: ``(batch, seq_len, vocab)`` from the causal LM on ``input_ids``.
         labels: ``(batch, seq_len)``: ``input_ids`` with prompt and padding replaced by ``ignore_index``.
         ignore_index: label value to skip.
+        normalizer: divide the summed cross-entropy by this instead of these rows' own supervised-token count:
+            the whole batch's :func:`num_target_tokens` when a batch is computed in parts, so that the parts'
+            losses add up to the batch's loss.
 
     Returns:
         ``(loss, stats)``: the scalar loss to differentiate and detached :class:`SFTStats`.
@@ -51,7 +62,8 @@ def sft_loss(
     )
     supervised = shift_labels != ignore_index
     num_tokens = supervised.sum()
-    loss = loss_sum / num_tokens.clamp(min=1)
+    denominator = num_tokens if normalizer is None else normalizer
+    loss = loss_sum / (denominator.clamp(min=1) if torch.is_tensor(denominator) else max(denominator, 1))
     with torch.no_grad():
         num_correct = ((shift_logits.argmax(dim=-1) == shift_labels) & supervised).sum()
     return loss, SFTStats(loss=loss.detach(), num_tokens=num_tokens, num_correct=num_correct)

@@ -7,10 +7,9 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
-from lit_rlhf.functional.masking import IGNORE_INDEX
 from lit_rlhf.functional.padding import length_chunks
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.functional.sft import SFTStats, sft_loss
+from lit_rlhf.functional.sft import SFTStats, num_target_tokens, sft_loss
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.modules.base import RLHFModule
@@ -114,13 +113,12 @@ class SFTModule(RLHFModule):
         if not bool(mask[:, 0].all()):
             raise ValueError("length_chunks needs right-padded batches (every row starting with a real token)")
         chunks = length_chunks(mask.sum(dim=1), self.hparams.length_chunks)
-        total = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        total = num_target_tokens(batch["labels"])
         loss, num_correct = 0.0, 0
         for rows, width in chunks:  # rows are right-padded: positions past `width` are padding in every row
             logits = self(batch["input_ids"][rows, :width], batch["attention_mask"][rows, :width])
-            chunk_loss, stats = sft_loss(logits, batch["labels"][rows, :width])
-            loss = loss + chunk_loss * (stats.num_tokens / total.clamp(min=1))  # chunk mean -> share of batch mean
-            num_correct = num_correct + stats.num_correct
+            chunk_loss, stats = sft_loss(logits, batch["labels"][rows, :width], normalizer=total)
+            loss, num_correct = loss + chunk_loss, num_correct + stats.num_correct
         return loss, SFTStats(loss=loss.detach(), num_tokens=total, num_correct=num_correct)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

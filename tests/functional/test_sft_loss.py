@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lit_rlhf.functional import IGNORE_INDEX, logprobs_from_logits, sft_loss
+from lit_rlhf.functional import IGNORE_INDEX, logprobs_from_logits, num_target_tokens, sft_loss
 
 
 def test_sft_loss_counts_only_response_tokens_by_hand():
@@ -25,6 +25,24 @@ def test_sft_loss_is_mean_over_all_supervised_tokens_of_the_batch():
     loss, stats = sft_loss(logits, labels)
     assert math.isclose(loss.item(), math.log(4.0), rel_tol=1e-6)
     assert stats.num_tokens.item() == 4  # 3 targets in row 0 (positions 1..3), 1 in row 1
+
+
+def test_sft_loss_of_parts_with_the_batch_normalizer_adds_up_to_the_batch_loss():
+    # Row 0: 2 targets with logits [ln 3, 0] (p = 3/4 for token 0, cost -ln 3/4 each); row 1: 1 target at uniform
+    # logits over 2 (cost ln 2). Batch mean: (2 * -ln 0.75 + ln 2) / 3. Each row alone, divided by the batch's 3
+    # targets, gives its share: 2 * -ln 0.75 / 3 and ln 2 / 3.
+    logits = torch.zeros(2, 3, 2)
+    logits[0, :2] = torch.tensor([math.log(3.0), 0.0])
+    labels = torch.tensor([[IGNORE_INDEX, 0, 0], [IGNORE_INDEX, IGNORE_INDEX, 1]])
+    total = num_target_tokens(labels)
+    assert total.item() == 3
+    whole, _ = sft_loss(logits, labels)
+    first, first_stats = sft_loss(logits[:1], labels[:1], normalizer=total)
+    second, _ = sft_loss(logits[1:], labels[1:], normalizer=total)
+    assert math.isclose(whole.item(), (2 * -math.log(0.75) + math.log(2.0)) / 3, rel_tol=1e-6)
+    assert math.isclose(first.item(), 2 * -math.log(0.75) / 3, rel_tol=1e-6)
+    assert math.isclose((first + second).item(), whole.item(), rel_tol=1e-6)
+    assert first_stats.num_tokens.item() == 2  # the part's own count, whatever the normalizer
 
 
 def test_sft_loss_gradient_flows_only_through_supervised_positions():
