@@ -127,7 +127,11 @@ class GRPOModule(OnlineRLModule):
         self.automatic_optimization = False
         self.reward = WeightedSumReward(list(rewards), reward_weights, name="reward")
         self.load_policy(
-            policy_name_or_path, tokenizer_name_or_path, model_config, beta > 0, attn_implementation=attn_implementation
+            policy_name_or_path,
+            tokenizer_name_or_path,
+            model_config,
+            with_reference=beta > 0,
+            attn_implementation=attn_implementation,
         )
 
     # -- generation batch --------------------------------------------------------------------------------------------

@@ -128,7 +128,11 @@ class PPOModule(OnlineRLModule):
         self.automatic_optimization = False
         self.reward = reward
         self.load_policy(
-            policy_name_or_path, tokenizer_name_or_path, model_config, True, attn_implementation=attn_implementation
+            policy_name_or_path,
+            tokenizer_name_or_path,
+            model_config,
+            with_reference=True,
+            attn_implementation=attn_implementation,
         )
         self.critic = load_reward_model(
             critic_name_or_path or policy_name_or_path,

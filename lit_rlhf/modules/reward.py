@@ -135,7 +135,7 @@ class RewardModule(RLHFModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         num_pairs = len(batch["rows"])
         coef = self.hparams.prefix_loss_coef
-        ids, last = batch["input_ids"], batch["last_index"]
+        ids, last, per_token = batch["input_ids"], batch["last_index"], None
         if self._shares_prompts(batch):  # scores at response positions only: what both losses read
             ids, last = batch["response_input_ids"], batch["response_last_index"]
             per_token = shared_prompt_token_scores(
@@ -145,12 +145,12 @@ class RewardModule(RLHFModule):
                 ids,
                 batch["response_attention_mask"],
             )
-            scores = per_token[torch.arange(per_token.size(0), device=per_token.device), last]
         elif coef:
             per_token = token_scores(self.model, ids, batch["attention_mask"])
-            scores = per_token[torch.arange(per_token.size(0), device=per_token.device), last]
-        else:
+        if per_token is None:
             scores = self(ids, batch["attention_mask"], last)
+        else:
+            scores = per_token[torch.arange(per_token.size(0), device=per_token.device), last]
         chosen, rejected = scores[:num_pairs], scores[num_pairs:]
         loss, stats = bradley_terry_loss(chosen, rejected, batch["margin"], self.hparams.center_coef)
         size = chosen.size(0)
