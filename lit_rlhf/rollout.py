@@ -13,13 +13,10 @@ import torch
 from transformers import PreTrainedModel
 
 from lit_rlhf.functional.logprobs import logprobs_from_logits
+from lit_rlhf.functional.padding import position_ids_from_mask
 from lit_rlhf.functional.ppo import entropy_from_logits
 from lit_rlhf.models.scoring import token_scores
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(batch, seq_len)`` positions counted from each row's first real token (0 on left padding)."""
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+from lit_rlhf.models.shared_prompt import prompt_then_responses
 
 
 def padding_trim(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
@@ -100,7 +97,58 @@ def response_logprobs(
         input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
     ).logits
     start = prompt_ids.size(1) - 1  # logits at t predict token t + 1
-    logits = logits[:, start:-1] / temperature
+    return _response_logprobs(logits[:, start:-1], response_ids, response_mask, temperature, with_entropy)
+
+
+def shared_prompt_response_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_logprobs` of responses that share prompts, each distinct prompt computed once.
+
+    The model runs on the distinct prompts with a KV cache and on the responses on top of it
+    (:func:`~lit_rlhf.models.shared_prompt.prompt_then_responses`); the first response token is predicted by the
+    prompt's last logits. The same log-probabilities and gradients as :func:`response_logprobs` on the full rows
+    ``[prompt_ids[prompt_index] | response_ids]``, with ``num_prompts * prompt_len + n * response_len`` positions
+    instead of ``n * (prompt_len + response_len)``: for GRPO's ``G`` samples per prompt, about ``G`` times fewer
+    prompt positions.
+
+    Args:
+        model: a causal LM that takes ``logits_to_keep`` (Hugging Face decoders do), not under gradient
+            checkpointing.
+        prompt_ids: ``(num_prompts, prompt_len)`` left-padded distinct prompts.
+        prompt_mask: ``(num_prompts, prompt_len)`` their attention mask.
+        prompt_index: ``(n,)`` the prompt row of each response.
+        response_ids: ``(n, response_len)`` responses (padding after the first EOS; at least one token each).
+        response_mask: ``(n, response_len)`` bool, true up to and including the first EOS.
+        temperature, with_entropy: as in :func:`response_logprobs`.
+
+    Returns:
+        As :func:`response_logprobs`: ``(n, response_len)`` log-probabilities (and entropies).
+    """
+    prompts, responses = prompt_then_responses(
+        model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask, logits_to_keep=1
+    )
+    logits = torch.cat([prompts.logits[:, -1:][prompt_index], responses.logits[:, :-1]], dim=1)
+    return _response_logprobs(logits, response_ids, response_mask, temperature, with_entropy)
+
+
+def _response_logprobs(
+    logits: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Masked log-probabilities (and entropies) of ``response_ids`` from the logits that predict them
+    ``(batch, response_len, vocab)``, tempered."""
+    logits = logits / temperature
     logprobs = logprobs_from_logits(logits, response_ids)
     real = response_mask.bool()
     logprobs = torch.where(real, logprobs, torch.zeros_like(logprobs))

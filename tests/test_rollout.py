@@ -115,3 +115,57 @@ def test_select_rows_trims_prompt_and_response_columns_and_indexes_per_row_field
     assert picked.prompt_ids.tolist() == [[6, 7], [0, 5]] and picked.prompt_mask.tolist() == [[1, 1], [0, 1]]
     assert picked.response_ids.tolist() == [[3, 0], [1, 2]]
     assert picked.advantages.tolist() == [-1.0, 0.5]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_shared_prompt_logprobs_and_gradients_equal_full_rows(kind, tmp_path):
+    from lit_rlhf.rollout import shared_prompt_response_logprobs
+
+    if kind == "llama":
+        tokenizer = build_word_tokenizer()
+        model = build_tiny_llama(tokenizer, TINY_MODEL_CONFIG)
+    else:
+        path = save_tiny_gpt2(str(tmp_path / "gpt2"), PROMPTS)
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+    model.eval()  # dropout off; gradients still flow
+    prompt_ids, prompt_mask = pad_left([tokenizer(p)["input_ids"] for p in PROMPTS], tokenizer.pad_token_id)
+    # Six responses in no particular order, prompts repeated and one prompt (row 1) answered once; right-padded.
+    prompt_index = torch.tensor([2, 0, 1, 0, 2, 2])
+    torch.manual_seed(0)
+    lengths = [3, 1, 5, 2, 4, 5]
+    response_mask = torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]
+    response_ids = torch.randint(3, 40, (6, 5)) * response_mask + tokenizer.pad_token_id * ~response_mask
+
+    def run(shared: bool):
+        model.zero_grad()
+        if shared:
+            args = (model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
+            logprobs, entropy = shared_prompt_response_logprobs(*args, temperature=0.7, with_entropy=True)
+        else:
+            args = (model, prompt_ids[prompt_index], prompt_mask[prompt_index], response_ids, response_mask)
+            logprobs, entropy = response_logprobs(*args, temperature=0.7, with_entropy=True)
+        # A loss that weighs every position differently, so that a row or position mix-up changes the gradients.
+        (logprobs * torch.linspace(0.5, 2.0, logprobs.numel()).view_as(logprobs)).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return logprobs.detach(), entropy, grads
+
+    shared_logprobs, shared_entropy, shared_grads = run(True)
+    full_logprobs, full_entropy, full_grads = run(False)
+    assert shared_logprobs.shape == response_ids.shape
+    assert bool((shared_logprobs[response_mask] < 0).all()) and bool((shared_logprobs[~response_mask] == 0).all())
+    torch.testing.assert_close(shared_logprobs, full_logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_entropy, full_entropy, atol=1e-5, rtol=1e-5)
+    assert shared_grads.keys() == full_grads.keys() and len(full_grads) > 0
+    for name in full_grads:
+        torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_first_rows_gives_one_row_per_distinct_key():
+    from lit_rlhf.models.shared_prompt import first_rows
+
+    keys = torch.tensor([7, 3, 7, 9, 3, 3])
+    rows, index = first_rows(keys)
+    assert rows.tolist() == [1, 0, 3]  # the first row holding 3, 7 and 9
+    assert index.tolist() == [1, 0, 1, 2, 0, 0]
+    assert keys[rows][index].tolist() == keys.tolist()

@@ -30,6 +30,11 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return ids, mask
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(batch, seq_len)`` positions counted from each row's first real token (0 on left padding)."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
 def length_chunks(lengths: torch.Tensor, max_chunks: int) -> list[tuple[torch.Tensor, int]]:
     """Split the rows of a padded batch into groups of similar length that together hold the fewest pad positions.
 

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 
 from lit_rlhf.functional.reward import last_token_index
 from lit_rlhf.models.loading import DTYPES, ModelLoadError, is_builtin, set_attn_implementation
+from lit_rlhf.models.shared_prompt import prompt_then_responses
 from lit_rlhf.models.tiny import build_tiny_llama
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,10 @@ def shared_prompt_token_scores(
 
     Equal to :func:`token_scores` over ``[prompt | response]`` rows at the response positions (a causal model's
     state at a response token depends on the prompt only through attention to its keys and values): the body runs
-    on the prompts with a KV cache, the cache is repeated for each response, and the responses run on top of it.
-    Gradients flow through the cache to the prompt computation. For pairs (chosen, rejected) with prompts of ~P
-    tokens and responses of ~R, that is ``P + 2R`` token positions instead of ``2(P + R)``.
+    on the prompts with a KV cache, the cache is gathered for each response, and the responses run on top of it
+    (:func:`~lit_rlhf.models.shared_prompt.prompt_then_responses`). Gradients flow through the cache to the prompt
+    computation. For pairs (chosen, rejected) with prompts of ~P tokens and responses of ~R, that is ``P + 2R``
+    token positions instead of ``2(P + R)``.
 
     Args:
         model: a decoder-only sequence-classification model with one label.
@@ -188,25 +190,10 @@ def shared_prompt_token_scores(
     num_prompts, k = prompt_ids.size(0), response_ids.size(0) // max(1, prompt_ids.size(0))
     if k < 1 or k * num_prompts != response_ids.size(0):
         raise ValueError(f"{response_ids.size(0)} responses are not a whole number of blocks of {num_prompts} prompts")
+    prompt_index = torch.arange(num_prompts, device=response_ids.device).repeat(k)  # row i answers prompt i % P
     body = getattr(model, model.base_model_prefix)
-    prompt_positions = (prompt_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-    cache = body(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions, use_cache=True
-    ).past_key_values
-    cache.batch_repeat_interleave(k)  # rows p0 x k, p1 x k, ...: responses go in that (interleaved) order
-    interleave = torch.arange(k * num_prompts, device=response_ids.device).view(k, num_prompts).t().reshape(-1)
-    lengths = prompt_mask.long().sum(dim=-1).repeat_interleave(k)
-    positions = lengths[:, None] + torch.arange(response_ids.size(1), device=response_ids.device)
-    mask = torch.cat([prompt_mask.repeat_interleave(k, dim=0), response_mask[interleave]], dim=1)
-    hidden = body(
-        input_ids=response_ids[interleave],
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-    ).last_hidden_state
-    scores = score_head(model)(hidden).squeeze(-1).float()
-    return scores[torch.argsort(interleave)]
+    _, responses = prompt_then_responses(body, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
+    return score_head(model)(responses.last_hidden_state).squeeze(-1).float()
 
 
 def reward_normalization(model: PreTrainedModel) -> dict[str, float] | None:
