@@ -95,6 +95,8 @@ What differs between the two rows, by design of each library (not tuned away her
 - Old log-probabilities: {recompute}; lit_rlhf always keeps those of its sampling pass (KV-cache generation), so
   its first ratio is 1 up to float rounding and it never runs that pass.
 - Loss normalisation: TRL `loss_type="{loss_type}"`{loss_note}
+- Minibatches: TRL shuffles the generation batch's completions across prompts before splitting it into optimizer
+  steps and runs every completion as a full prompt + completion row; {minibatches}
 - Advantages: both (reward - group mean) / (unbiased group std + 1e-4){scale_note}. The logged `reward_std` differs in
   meaning (TRL: std over the whole generation batch; lit_rlhf: mean of the groups' std), so it is not compared.
 - Prompt order: TRL's `RepeatSampler` shuffles with `torch.randperm` seeded by the run's seed; lit_rlhf's sampler
@@ -430,6 +432,20 @@ def notes(args: argparse.Namespace, rows: list[dict], lit_before: float | None) 
         )
     else:
         loss_note = " = lit_rlhf `loss_averaging: sequence` (mean over each completion, then over completions)."
+    model = lit["config"].get("model", {}).get("init_args", {}) if lit is not None else {}
+    if lit is None:
+        minibatches = "(lit_rlhf not run)"
+    else:
+        minibatches = (
+            "lit_rlhf splits whole groups (`group_minibatches: true`)"
+            if model.get("group_minibatches")
+            else "lit_rlhf shuffles across prompts too (`group_minibatches: false`)"
+        ) + (
+            " and computes each prompt of a minibatch once for its completions on its KV cache "
+            "(`shared_prompt_forward: true`: the same gradients, fewer token positions)."
+            if model.get("shared_prompt_forward")
+            else " and runs full rows (`shared_prompt_forward: false`)."
+        )
     text = DIFFERENCES.format(
         recompute=(
             f"with {args.num_minibatches * args.num_iterations} optimizer steps per generation batch and no gradient "
@@ -442,6 +458,7 @@ def notes(args: argparse.Namespace, rows: list[dict], lit_before: float | None) 
         ),
         loss_type=args.loss_type,
         loss_note=loss_note,
+        minibatches=minibatches,
         scale_note="" if args.scale_rewards == "group" else " without the division by the std (scale_rewards none)",
         trl_setup=statistics.median(setup) if setup else float("nan"),
         data_seed=args.data_seed,
@@ -462,7 +479,6 @@ def notes(args: argparse.Namespace, rows: list[dict], lit_before: float | None) 
         starts.append(f"{lit_before:.1%} (lit_rlhf.evaluate)")
     text += ", ".join(starts) + ".\n" if starts else "not measured.\n"
     if lit is not None:
-        model = lit["config"].get("model", {}).get("init_args", {})
         sources = [r.get("class_path", "?") for r in model.get("rewards") or []]
         text += f"- lit_rlhf's reward sources (from {args.lit_config}): {', '.join(sources) or 'none'}\n"
     return text

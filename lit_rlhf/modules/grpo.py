@@ -12,10 +12,11 @@ from lit_rlhf.functional.grpo import LossAveraging, group_advantages, grpo_loss
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.models.shared_prompt import first_rows
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rewards.rules import WeightedSumReward
-from lit_rlhf.rollout import response_logprobs, select_rows
+from lit_rlhf.rollout import response_logprobs, select_rows, shared_prompt_response_logprobs
 
 
 class GroupRollout(NamedTuple):
@@ -29,6 +30,7 @@ class GroupRollout(NamedTuple):
         logprobs: ``(batch * G, response_len)`` log-probabilities under the sampling policy.
         ref_logprobs: ``(batch * G, response_len)`` under the frozen reference (zeros when ``beta == 0``).
         advantages: ``(batch * G,)`` one group-normalised advantage per response.
+        group: ``(batch * G,)`` the group (prompt) each response belongs to, ``0..batch-1``.
     """
 
     prompt_ids: torch.Tensor
@@ -38,6 +40,7 @@ class GroupRollout(NamedTuple):
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     advantages: torch.Tensor
+    group: torch.Tensor
 
 
 class GRPOModule(OnlineRLModule):
@@ -74,6 +77,15 @@ class GRPOModule(OnlineRLModule):
             (``clip_range_high`` null = ``clip_range``).
         num_iterations: passes over each generation batch (``mu`` in the paper; > 1 reuses samples off-policy).
         num_minibatches: optimizer steps per pass.
+        group_minibatches: minibatches hold whole groups (the groups shuffled, their responses kept together, then
+            split), instead of responses shuffled across groups; with ``shared_prompt_forward`` each minibatch then
+            computes each prompt once for all ``G`` of its responses. When the prompts of a generation batch do not
+            divide evenly into ``num_minibatches``, a group may straddle two adjacent minibatches (the number of
+            optimizer steps never changes).
+        shared_prompt_forward: compute each distinct prompt of a (micro-)batch once and its responses on its KV
+            cache (:func:`~lit_rlhf.rollout.shared_prompt_response_logprobs`), in the policy's updates and the
+            reference pass: the same log-probabilities and gradients with fewer token positions, most useful when
+            prompts are long. Needs a model that takes ``logits_to_keep`` (Hugging Face decoders do).
         gradient_accumulation_steps: micro-batches per minibatch (memory), gradients summed exactly.
         missing_eos_penalty: subtracted from the reward of responses cut by ``max_new_tokens``; ``null`` = none.
         max_grad_norm: gradient clipping norm.
@@ -106,6 +118,8 @@ class GRPOModule(OnlineRLModule):
         clip_range_high: float | None = None,
         num_iterations: int = 1,
         num_minibatches: int = 1,
+        group_minibatches: bool = False,
+        shared_prompt_forward: bool = False,
         gradient_accumulation_steps: int = 1,
         missing_eos_penalty: float | None = None,
         max_grad_norm: float = 1.0,
@@ -170,10 +184,22 @@ class GRPOModule(OnlineRLModule):
             rewards = torch.where(generation.has_eos, rewards, rewards - hp.missing_eos_penalty)
         advantages, groups = group_advantages(rewards, g, scale_by_std=hp.scale_rewards)
         response_mask = generation.response_mask
+        group = torch.arange(batch["prompt_input_ids"].size(0), device=prompt_ids.device).repeat_interleave(g)
         if hp.beta > 0:
-            ref_logprobs = response_logprobs(
-                self.reference, prompt_ids, prompt_mask, generation.response_ids, response_mask, hp.temperature
-            )
+            if hp.shared_prompt_forward:
+                ref_logprobs = shared_prompt_response_logprobs(
+                    self.reference,
+                    batch["prompt_input_ids"],
+                    batch["prompt_attention_mask"],
+                    group,
+                    generation.response_ids,
+                    response_mask,
+                    hp.temperature,
+                )
+            else:
+                ref_logprobs = response_logprobs(
+                    self.reference, prompt_ids, prompt_mask, generation.response_ids, response_mask, hp.temperature
+                )
         else:
             ref_logprobs = torch.zeros_like(generation.logprobs)
         stats = {
@@ -192,6 +218,7 @@ class GRPOModule(OnlineRLModule):
             generation.logprobs,
             ref_logprobs,
             advantages,
+            group,
         )
         return experience, stats
 
@@ -206,8 +233,7 @@ class GRPOModule(OnlineRLModule):
         sums: dict[str, float] = {}
         updates = 0
         for _ in range(hp.num_iterations):
-            order = torch.randperm(size, device=self.device)
-            for minibatch in [m for m in order.tensor_split(hp.num_minibatches) if len(m)]:
+            for minibatch in self._minibatches(size):
                 micro_batches = [
                     select_rows(experience, m) for m in minibatch.tensor_split(hp.gradient_accumulation_steps) if len(m)
                 ]
@@ -228,9 +254,33 @@ class GRPOModule(OnlineRLModule):
         self.log("reward_mean", logged["reward"], prog_bar=True, batch_size=size, logger=False)
         self.log("kl_mean", logged["kl"], prog_bar=True, batch_size=size, logger=False)
 
-    def _loss(self, mb: GroupRollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _minibatches(self, size: int) -> list[torch.Tensor]:
+        """Row indices of one pass's minibatches: a random order, whole groups together with ``group_minibatches``."""
         hp = self.hparams
-        logprobs, entropy = response_logprobs(
+        if hp.group_minibatches:  # the groups in a random order, each group's rows together
+            g = hp.num_generations
+            groups = torch.randperm(size // g, device=self.device)
+            order = (groups[:, None] * g + torch.arange(g, device=self.device)).reshape(-1)
+        else:
+            order = torch.randperm(size, device=self.device)
+        return [m for m in order.tensor_split(hp.num_minibatches) if len(m)]
+
+    def _policy_logprobs(self, mb: GroupRollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's log-probabilities (with grad) and entropies of a micro-batch's responses."""
+        hp = self.hparams
+        if hp.shared_prompt_forward:
+            rows, prompt_index = first_rows(mb.group)  # each distinct prompt once
+            return shared_prompt_response_logprobs(
+                self.model,
+                mb.prompt_ids[rows],
+                mb.prompt_mask[rows],
+                prompt_index,
+                mb.response_ids,
+                mb.response_mask,
+                hp.temperature,
+                with_entropy=True,
+            )
+        return response_logprobs(
             self.model,
             mb.prompt_ids,
             mb.prompt_mask,
@@ -239,6 +289,10 @@ class GRPOModule(OnlineRLModule):
             hp.temperature,
             with_entropy=True,
         )
+
+    def _loss(self, mb: GroupRollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hp = self.hparams
+        logprobs, entropy = self._policy_logprobs(mb)
         loss, stats = grpo_loss(
             logprobs,
             mb.logprobs,

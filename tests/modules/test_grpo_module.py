@@ -124,6 +124,53 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir, avera
         assert torch.allclose(value, weights[1][name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("group_minibatches", [False, True])
+def test_shared_prompt_forward_gives_the_same_update(tmp_path, policy_dir, group_minibatches):
+    # The reference pass (beta 0.1) and the policy's micro-batches compute each prompt once; the same samples, losses
+    # and weights as the full rows. Micro-batches (2 per minibatch) hold some groups only in part.
+    weights, losses = [], []
+    for shared in (False, True):
+        module, data, trainer = make(
+            tmp_path / str(shared),
+            policy_dir,
+            iterations=2,
+            shared_prompt_forward=shared,
+            group_minibatches=group_minibatches,
+            gradient_accumulation_steps=2,
+        )
+        recorder = Recorder()
+        trainer.callbacks.append(recorder)
+        trainer.fit(module, data)
+        weights.append({k: v.clone() for k, v in module.model.state_dict().items()})
+        losses.append(recorder.values)
+    assert losses[0].keys() == losses[1].keys() == {1, 2}
+    for iteration, (loss, reward) in losses[0].items():
+        assert losses[1][iteration] == pytest.approx((loss, reward), abs=1e-5), iteration
+    for name, value in weights[0].items():
+        assert torch.allclose(value, weights[1][name], atol=1e-5), name
+
+
+def test_group_minibatches_hold_whole_groups(policy_dir):
+    module = GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, num_generations=4)
+    module.hparams.num_minibatches = 3
+    torch.manual_seed(0)
+    module.hparams.group_minibatches = True
+    minibatches = module._minibatches(6 * 4)  # 6 groups of 4 responses, in 3 minibatches
+    assert [len(m) for m in minibatches] == [8, 8, 8]
+    assert sorted(torch.cat(minibatches).tolist()) == list(range(24))
+    for m in minibatches:
+        groups = (m // 4).tolist()
+        assert all(groups.count(group) == 4 for group in groups)  # every group whole
+    # 2 groups in 3 minibatches: still 3 steps, each group's rows adjacent (one group straddles two minibatches)
+    few = module._minibatches(2 * 4)
+    assert [len(m) for m in few] == [3, 3, 2] and sorted(torch.cat(few).tolist()) == list(range(8))
+    assert sorted(torch.cat(few)[:4].tolist()) in ([0, 1, 2, 3], [4, 5, 6, 7])
+    module.hparams.group_minibatches = False
+    mixed = module._minibatches(6 * 4)
+    assert sorted(torch.cat(mixed).tolist()) == list(range(24))
+    assert any(len({int(i) // 4 for i in m}) > 2 for m in mixed)  # responses shuffled across groups
+
+
 def test_bad_options_are_refused(policy_dir):
     with pytest.raises(ValueError, match="num_generations must be >= 2"):
         GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, num_generations=1)
