@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import mask_after_eos
-from lit_rlhf.functional.padding import pad_left
+from lit_rlhf.functional.padding import pad_left, position_ids_from_mask
 
 
 class Generation(NamedTuple):
@@ -44,6 +44,8 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     return_logprobs: bool = False,
+    num_samples: int = 1,
+    share_prompt: bool = False,
 ) -> Generation:
     """Generate responses in eval mode (dropout off), restoring the model's train/eval mode afterwards.
 
@@ -61,10 +63,22 @@ def generate(
         return_logprobs: also return the log-probabilities of the generated tokens, read from the sampling pass's
             own logits (``log_softmax(logits / temperature)``, before top-k/top-p filtering, as a teacher-forced
             pass computes them), which saves a forward pass over the batch.
+        num_samples: responses per prompt; the output has ``batch * num_samples`` rows, prompt-major (prompt 0's
+            samples first).
+        share_prompt: with ``num_samples > 1``, compute each prompt once: all but its last token run with a KV
+            cache that is repeated for the prompt's samples, so generation starts from ``num_samples`` copies of
+            the cache instead of recomputing the prompt for each (the same logits up to float rounding). Needs a
+            model whose ``generate`` takes a ``DynamicCache`` in ``past_key_values`` (Hugging Face decoders do).
 
     Returns:
-        :class:`Generation` with the response part only.
+        :class:`Generation` with the response part only, ``batch * num_samples`` rows.
     """
+    cache = None
+    if num_samples > 1:
+        if share_prompt and prompt_ids.size(1) > 1:
+            cache = _prompt_prefix_cache(model, prompt_ids, prompt_mask, num_samples)
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
     was_training = model.training
     model.eval()
     try:
@@ -82,6 +96,7 @@ def generate(
             use_cache=True,
             return_dict_in_generate=True,
             output_logits=return_logprobs,
+            **({} if cache is None else {"past_key_values": cache}),
             **sampling,
         )
     finally:
@@ -101,6 +116,28 @@ def generate(
             logits = torch.stack(output.logits, dim=1) / (temperature if do_sample else 1.0)
             logprobs = torch.where(mask, logprobs_from_logits(logits, response), torch.zeros((), device=mask.device))
     return Generation(response_ids=response, response_mask=mask, has_eos=has_eos, logprobs=logprobs)
+
+
+@torch.no_grad()
+def _prompt_prefix_cache(
+    model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_samples: int
+) -> Any:
+    """KV cache of each left-padded prompt without its last token, repeated ``num_samples`` times (prompt-major);
+    ``generate`` then runs only the last prompt token of each row before sampling."""
+    was_training = model.training
+    model.eval()
+    try:
+        prefix_mask = prompt_mask[:, :-1]
+        cache = model(
+            input_ids=prompt_ids[:, :-1],
+            attention_mask=prefix_mask,
+            position_ids=position_ids_from_mask(prefix_mask),
+            use_cache=True,
+        ).past_key_values
+    finally:
+        model.train(was_training)
+    cache.batch_repeat_interleave(num_samples)
+    return cache
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, generation: Generation) -> list[str]:

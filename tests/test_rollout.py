@@ -169,3 +169,37 @@ def test_first_rows_gives_one_row_per_distinct_key():
     assert rows.tolist() == [1, 0, 3]  # the first row holding 3, 7 and 9
     assert index.tolist() == [1, 0, 1, 2, 0, 0]
     assert keys[rows][index].tolist() == keys.tolist()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_several_samples_per_prompt_with_the_prompt_computed_once_equal_repeated_prompts(kind, tmp_path):
+    if kind == "llama":
+        tokenizer = build_word_tokenizer()
+        model = build_tiny_llama(tokenizer, TINY_MODEL_CONFIG)
+    else:
+        path = save_tiny_gpt2(str(tmp_path / "gpt2"), PROMPTS)
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+    model.train()  # generate switches to eval and back
+    # The last prompt is one token long: its cached prefix is all padding.
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS[:2]] + [tokenizer(PROMPTS[2])["input_ids"][:1]]
+    ids, mask = pad_left(prompts, tokenizer.pad_token_id)
+    options = {"max_new_tokens": 6, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    for sampling in ({"do_sample": False}, {"do_sample": True, "temperature": 0.7}):
+        runs = []
+        for share in (False, True):
+            torch.manual_seed(0)
+            runs.append(
+                generate(
+                    model, ids, mask, num_samples=4, share_prompt=share, return_logprobs=True, **options, **sampling
+                )
+            )
+        repeated, shared = runs
+        assert shared.response_ids.shape[0] == 12 and model.training
+        assert torch.equal(shared.response_ids, repeated.response_ids), sampling
+        assert torch.equal(shared.response_mask, repeated.response_mask)
+        torch.testing.assert_close(shared.logprobs, repeated.logprobs, atol=1e-5, rtol=1e-5)
+    # prompt-major rows: prompt 0's four samples first; greedy samples of one prompt are identical
+    greedy = generate(model, ids, mask, num_samples=4, share_prompt=True, **options)
+    alone = generate(model, ids[1:2], mask[1:2], **options)
+    assert all(torch.equal(greedy.response_ids[i], alone.response_ids[0]) for i in range(4, 8))

@@ -82,9 +82,11 @@ class GRPOModule(OnlineRLModule):
             computes each prompt once for all ``G`` of its responses. When the prompts of a generation batch do not
             divide evenly into ``num_minibatches``, a group may straddle two adjacent minibatches (the number of
             optimizer steps never changes).
-        shared_prompt_forward: compute each distinct prompt of a (micro-)batch once and its responses on its KV
-            cache (:func:`~lit_rlhf.rollout.shared_prompt_response_logprobs`), in the policy's updates and the
-            reference pass: the same log-probabilities and gradients with fewer token positions, most useful when
+        shared_prompt_forward: compute each distinct prompt once and its responses on its KV cache: when sampling
+            (the ``G`` samples start from copies of the prompt's cache, see :func:`~lit_rlhf.generation.generate`),
+            in the reference pass and in the policy's updates
+            (:func:`~lit_rlhf.rollout.shared_prompt_response_logprobs`, per micro-batch): the same samples,
+            log-probabilities and gradients up to float rounding, with fewer token positions; most useful when
             prompts are long. Needs a model that takes ``logits_to_keep`` (Hugging Face decoders do).
         gradient_accumulation_steps: micro-batches per minibatch (memory), gradients summed exactly.
         missing_eos_penalty: subtracted from the reward of responses cut by ``max_new_tokens``; ``null`` = none.
@@ -160,8 +162,10 @@ class GRPOModule(OnlineRLModule):
         rows = [row for row in batch["rows"] for _ in range(g)]
         generation = generate(
             self.model,
-            prompt_ids,
-            prompt_mask,
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            num_samples=g,
+            share_prompt=hp.shared_prompt_forward,
             max_new_tokens=hp.max_new_tokens,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
