@@ -19,6 +19,15 @@ def test_position_ids_count_from_the_first_real_token():
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2, 2], [0, 1, 2, 3, 4, 5]]
 
 
+def tiny_causal_lm(kind, tmp_path):
+    """A tiny Llama (rotary positions) or GPT-2 (learned absolute positions) and its tokenizer."""
+    if kind == "llama":
+        tokenizer = build_word_tokenizer()
+        return build_tiny_llama(tokenizer, TINY_MODEL_CONFIG), tokenizer
+    path = save_tiny_gpt2(str(tmp_path / "gpt2"), PROMPTS)
+    return AutoModelForCausalLM.from_pretrained(path), load_tokenizer(path)
+
+
 def sample_with_logprobs(model, tokenizer, temperature):
     ids, mask = pad_left([tokenizer(p)["input_ids"] for p in PROMPTS], tokenizer.pad_token_id)
     generation = generate(
@@ -37,13 +46,7 @@ def sample_with_logprobs(model, tokenizer, temperature):
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])  # rotary positions, and learned absolute positions
 def test_forward_logprobs_equal_the_sampling_pass_under_left_padding(kind, tmp_path):
-    if kind == "llama":
-        tokenizer = build_word_tokenizer()
-        model = build_tiny_llama(tokenizer, TINY_MODEL_CONFIG)
-    else:
-        path = save_tiny_gpt2(str(tmp_path / "gpt2"), PROMPTS)
-        tokenizer = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path)
+    model, tokenizer = tiny_causal_lm(kind, tmp_path)
     model.eval()
     torch.manual_seed(0)
     ids, mask, response, response_mask, expected = sample_with_logprobs(model, tokenizer, temperature=0.7)
@@ -121,13 +124,7 @@ def test_select_rows_trims_prompt_and_response_columns_and_indexes_per_row_field
 def test_shared_prompt_logprobs_and_gradients_equal_full_rows(kind, tmp_path):
     from lit_rlhf.rollout import shared_prompt_response_logprobs
 
-    if kind == "llama":
-        tokenizer = build_word_tokenizer()
-        model = build_tiny_llama(tokenizer, TINY_MODEL_CONFIG)
-    else:
-        path = save_tiny_gpt2(str(tmp_path / "gpt2"), PROMPTS)
-        tokenizer = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path)
+    model, tokenizer = tiny_causal_lm(kind, tmp_path)
     model.eval()  # dropout off; gradients still flow
     prompt_ids, prompt_mask = pad_left([tokenizer(p)["input_ids"] for p in PROMPTS], tokenizer.pad_token_id)
     # Six responses in no particular order, prompts repeated and one prompt (row 1) answered once; right-padded.
@@ -173,13 +170,7 @@ def test_first_rows_gives_one_row_per_distinct_key():
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_several_samples_per_prompt_with_the_prompt_computed_once_equal_repeated_prompts(kind, tmp_path):
-    if kind == "llama":
-        tokenizer = build_word_tokenizer()
-        model = build_tiny_llama(tokenizer, TINY_MODEL_CONFIG)
-    else:
-        path = save_tiny_gpt2(str(tmp_path / "gpt2"), PROMPTS)
-        tokenizer = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path)
+    model, tokenizer = tiny_causal_lm(kind, tmp_path)
     model.train()  # generate switches to eval and back
     # The last prompt is one token long: its cached prefix is all padding.
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS[:2]] + [tokenizer(PROMPTS[2])["input_ids"][:1]]
