@@ -60,6 +60,8 @@ def main(policy_dir: str, out_dir: str) -> None:
         max_new_tokens=8,
         num_minibatches=2,
         gradient_accumulation_steps=2,
+        group_minibatches=True,  # the shipped configs' options: each prompt computed once, whole groups per step
+        shared_prompt_forward=True,
         learning_rate=1e-3,
         beta=0.1,
     )
