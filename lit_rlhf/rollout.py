@@ -7,6 +7,7 @@ has padding on both sides. Positions are counted from the first real token (:fun
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -78,6 +79,10 @@ def response_logprobs(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the response tokens under ``model`` (with grad if enabled by the caller).
 
+    Only the logits that predict response tokens are computed when the model takes ``logits_to_keep`` (Hugging Face
+    decoders do): ``(batch, response_len + 1, vocab)`` instead of ``(batch, prompt_len + response_len, vocab)``,
+    which for long prompts and large vocabularies is most of the memory of a PPO or GRPO minibatch.
+
     Args:
         model: a causal LM.
         prompt_ids: ``(batch, prompt_len)`` left-padded prompts.
@@ -93,11 +98,17 @@ def response_logprobs(
         ``(logprobs, entropy)``, both that shape.
     """
     ids, mask = join(prompt_ids, prompt_mask, response_ids, response_mask)
+    keep = response_ids.size(1) + 1  # logits at t predict token t + 1: positions prompt_len - 1 .. the end
+    kwargs = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
     logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False, **kwargs
     ).logits
-    start = prompt_ids.size(1) - 1  # logits at t predict token t + 1
-    return _response_logprobs(logits[:, start:-1], response_ids, response_mask, temperature, with_entropy)
+    return _response_logprobs(logits[:, -keep:-1], response_ids, response_mask, temperature, with_entropy)
+
+
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``logits_to_keep`` (compute the LM head on the last positions only)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def shared_prompt_response_logprobs(

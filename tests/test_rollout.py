@@ -194,3 +194,29 @@ def test_several_samples_per_prompt_with_the_prompt_computed_once_equal_repeated
     greedy = generate(model, ids, mask, num_samples=4, share_prompt=True, **options)
     alone = generate(model, ids[1:2], mask[1:2], **options)
     assert all(torch.equal(greedy.response_ids[i], alone.response_ids[0]) for i in range(4, 8))
+
+
+def test_only_the_logits_that_predict_response_tokens_are_computed(word_tokenizer):
+    model = build_tiny_llama(word_tokenizer, TINY_MODEL_CONFIG).eval()
+    prompt_ids, prompt_mask = pad_left([[5, 6, 7, 8, 9, 10], [11, 12]], word_tokenizer.pad_token_id)
+    response_ids = torch.tensor([[13, 14, 3], [15, 3, 0]])
+    response_mask = torch.tensor([[True, True, True], [True, True, False]])
+    shapes = []
+    model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+
+    class NoLogitsToKeep(torch.nn.Module):  # a causal LM whose forward does not take logits_to_keep
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+            )
+
+    with torch.no_grad():
+        kept = response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+        full = response_logprobs(NoLogitsToKeep(model), prompt_ids, prompt_mask, response_ids, response_mask)
+    assert shapes == [(2, 4, model.config.vocab_size), (2, 9, model.config.vocab_size)]  # 3 + 1 of 6 + 3 positions
+    torch.testing.assert_close(kept, full)
+    assert kept[1, 2] == 0 and bool((kept[response_mask] < 0).all())
