@@ -131,8 +131,8 @@ def shared_prompt_response_logprobs(
     prompt positions.
 
     Args:
-        model: a causal LM that takes ``logits_to_keep`` (Hugging Face decoders do), not under gradient
-            checkpointing.
+        model: a causal LM that takes ``position_ids`` and ``past_key_values`` (Hugging Face decoders do), not
+            under gradient checkpointing.
         prompt_ids: ``(num_prompts, prompt_len)`` left-padded distinct prompts.
         prompt_mask: ``(num_prompts, prompt_len)`` their attention mask.
         prompt_index: ``(n,)`` the prompt row of each response.
@@ -143,8 +143,9 @@ def shared_prompt_response_logprobs(
     Returns:
         As :func:`response_logprobs`: ``(n, response_len)`` log-probabilities (and entropies).
     """
+    kwargs = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}  # the prompts' last logits are enough
     prompts, responses = prompt_then_responses(
-        model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask, logits_to_keep=1
+        model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask, **kwargs
     )
     logits = torch.cat([prompts.logits[:, -1:][prompt_index], responses.logits[:, :-1]], dim=1)
     return _response_logprobs(logits, response_ids, response_mask, temperature, with_entropy)

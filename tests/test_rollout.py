@@ -209,9 +209,13 @@ def test_only_the_logits_that_predict_response_tokens_are_computed(word_tokenize
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+        def forward(self, input_ids, attention_mask, position_ids, use_cache, past_key_values=None):
             return self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                past_key_values=past_key_values,
             )
 
     with torch.no_grad():
@@ -220,3 +224,14 @@ def test_only_the_logits_that_predict_response_tokens_are_computed(word_tokenize
     assert shapes == [(2, 4, model.config.vocab_size), (2, 9, model.config.vocab_size)]  # 3 + 1 of 6 + 3 positions
     torch.testing.assert_close(kept, full)
     assert kept[1, 2] == 0 and bool((kept[response_mask] < 0).all())
+    # The shared-prompt pass: the prompts' last logits only, or all of them when the model cannot be asked to.
+    from lit_rlhf.rollout import shared_prompt_response_logprobs
+
+    shapes.clear()
+    with torch.no_grad():
+        args = (prompt_ids, prompt_mask, torch.tensor([0, 1]), response_ids, response_mask)
+        shared = shared_prompt_response_logprobs(model, *args)
+        shared_full = shared_prompt_response_logprobs(NoLogitsToKeep(model), *args)
+    assert [shape[1] for shape in shapes] == [1, 3, 6, 3]  # prompt pass, response pass; twice
+    torch.testing.assert_close(shared, kept, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_full, kept, atol=1e-5, rtol=1e-5)

@@ -87,7 +87,7 @@ class GRPOModule(OnlineRLModule):
             in the reference pass and in the policy's updates
             (:func:`~lit_rlhf.rollout.shared_prompt_response_logprobs`, per micro-batch): the same samples,
             log-probabilities and gradients up to float rounding, with fewer token positions; most useful when
-            prompts are long. Needs a model that takes ``logits_to_keep`` (Hugging Face decoders do).
+            prompts are long. Needs a decoder whose forward takes ``past_key_values`` (Hugging Face decoders do).
         gradient_accumulation_steps: micro-batches per minibatch (memory), gradients summed exactly.
         missing_eos_penalty: subtracted from the reward of responses cut by ``max_new_tokens``; ``null`` = none.
         max_grad_norm: gradient clipping norm.
