@@ -73,15 +73,14 @@ def generate(
     Returns:
         :class:`Generation` with the response part only, ``batch * num_samples`` rows.
     """
-    cache = None
-    if num_samples > 1:
-        if share_prompt and prompt_ids.size(1) > 1:
-            cache = _prompt_prefix_cache(model, prompt_ids, prompt_mask, num_samples)
-        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
-        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
+    share = num_samples > 1 and share_prompt and prompt_ids.size(1) > 1
+    prefix_ids, prefix_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
+    prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+    prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
     was_training = model.training
     model.eval()
     try:
+        cache = _prefix_cache(model, prefix_ids, prefix_mask, num_samples) if share else None
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
             if do_sample
@@ -118,24 +117,15 @@ def generate(
     return Generation(response_ids=response, response_mask=mask, has_eos=has_eos, logprobs=logprobs)
 
 
-@torch.no_grad()
-def _prompt_prefix_cache(
-    model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_samples: int
-) -> Any:
-    """KV cache of each left-padded prompt without its last token, repeated ``num_samples`` times (prompt-major);
-    ``generate`` then runs only the last prompt token of each row before sampling."""
-    was_training = model.training
-    model.eval()
-    try:
-        prefix_mask = prompt_mask[:, :-1]
-        cache = model(
-            input_ids=prompt_ids[:, :-1],
-            attention_mask=prefix_mask,
-            position_ids=position_ids_from_mask(prefix_mask),
-            use_cache=True,
-        ).past_key_values
-    finally:
-        model.train(was_training)
+def _prefix_cache(model: PreTrainedModel, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, num_samples: int) -> Any:
+    """KV cache of each left-padded prompt without its last token (``prefix_ids``), repeated ``num_samples`` times
+    (prompt-major); ``generate`` then runs only the last prompt token of each row before sampling."""
+    cache = model(
+        input_ids=prefix_ids,
+        attention_mask=prefix_mask,
+        position_ids=position_ids_from_mask(prefix_mask),
+        use_cache=True,
+    ).past_key_values
     cache.batch_repeat_interleave(num_samples)
     return cache
 

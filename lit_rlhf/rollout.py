@@ -7,6 +7,7 @@ has padding on both sides. Positions are counted from the first real token (:fun
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -108,7 +109,13 @@ def response_logprobs(
 
 def takes_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether ``model``'s forward takes ``logits_to_keep`` (compute the LM head on the last positions only)."""
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _forward_takes(type(model), "logits_to_keep")
+
+
+@functools.cache
+def _forward_takes(model_class: type, name: str) -> bool:
+    """Whether ``model_class.forward`` has a parameter ``name`` (looked up once per class)."""
+    return name in inspect.signature(model_class.forward).parameters
 
 
 def shared_prompt_response_logprobs(

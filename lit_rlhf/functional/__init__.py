@@ -4,7 +4,7 @@ Nothing in this package imports Lightning; every function is tested on hand-comp
 """
 
 from lit_rlhf.functional.accumulation import micro_batch_weights
-from lit_rlhf.functional.grpo import GroupStats, GRPOLossStats, group_advantages, grpo_loss
+from lit_rlhf.functional.grpo import GroupStats, GRPOLossStats, group_advantages, grpo_loss, minibatch_rows
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import IGNORE_INDEX, mask_after_eos, masked_mean, masked_sum
@@ -53,6 +53,7 @@ __all__ = [
     "mean_var_from_sums",
     "mean_var_to_sums",
     "micro_batch_weights",
+    "minibatch_rows",
     "normal_ci",
     "num_target_tokens",
     "order_scores",

@@ -76,6 +76,26 @@ def group_advantages(
     return advantages.reshape(-1), stats
 
 
+def minibatch_rows(order: torch.Tensor, num_minibatches: int, group_size: int = 1) -> list[torch.Tensor]:
+    """Row indices of the minibatches of one pass over a generation batch, in a given order of its rows or groups.
+
+    The rows are laid out in ``order``, each unit's ``group_size`` rows adjacent (unit ``u`` holds rows
+    ``u * group_size .. (u + 1) * group_size - 1``), then split into ``num_minibatches`` near-equal runs of rows, so
+    the number of minibatches never depends on ``group_size``; a group straddles two minibatches only when the
+    groups do not divide evenly among them.
+
+    Args:
+        order: ``(num_units,)`` a permutation of the units: the rows (``group_size`` 1) or the groups.
+        num_minibatches: minibatches (optimizer steps) per pass.
+        group_size: rows per unit (GRPO's ``G`` to keep each prompt's responses together).
+
+    Returns:
+        The non-empty ``(rows,)`` index tensors, in order.
+    """
+    rows = (order[:, None] * group_size + torch.arange(group_size, device=order.device)).reshape(-1)
+    return [m for m in rows.tensor_split(num_minibatches) if len(m)]
+
+
 def grpo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

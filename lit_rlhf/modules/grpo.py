@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 
 from lit_rlhf.functional.accumulation import micro_batch_weights
-from lit_rlhf.functional.grpo import LossAveraging, group_advantages, grpo_loss
+from lit_rlhf.functional.grpo import LossAveraging, group_advantages, grpo_loss, minibatch_rows
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate
@@ -261,13 +261,9 @@ class GRPOModule(OnlineRLModule):
     def _minibatches(self, size: int) -> list[torch.Tensor]:
         """Row indices of one pass's minibatches: a random order, whole groups together with ``group_minibatches``."""
         hp = self.hparams
-        if hp.group_minibatches:  # the groups in a random order, each group's rows together
-            g = hp.num_generations
-            groups = torch.randperm(size // g, device=self.device)
-            order = (groups[:, None] * g + torch.arange(g, device=self.device)).reshape(-1)
-        else:
-            order = torch.randperm(size, device=self.device)
-        return [m for m in order.tensor_split(hp.num_minibatches) if len(m)]
+        group_size = hp.num_generations if hp.group_minibatches else 1
+        order = torch.randperm(size // group_size, device=self.device)  # of the groups, or of the rows
+        return minibatch_rows(order, hp.num_minibatches, group_size)
 
     def _policy_logprobs(self, mb: GroupRollout) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy's log-probabilities (with grad) and entropies of a micro-batch's responses."""

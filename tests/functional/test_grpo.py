@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lit_rlhf.functional.grpo import group_advantages, grpo_loss
+from lit_rlhf.functional.grpo import group_advantages, grpo_loss, minibatch_rows
 
 
 def test_group_advantages_normalise_within_each_group():
@@ -78,3 +78,16 @@ def test_grpo_loss_gradient_flows_only_through_unclipped_tokens():
     # d/dlogp of -(r A)/3 = -r A / 3 for unclipped tokens; clipped ones and padding get 0
     expected = torch.tensor([[0.0, -1.0 / 3], [0.0, 0.0]])
     assert torch.allclose(new.grad, expected, atol=1e-6)
+
+
+def test_minibatch_rows_keep_each_group_together():
+    # groups in the order 2, 0, 1, two rows each: rows 4 5 | 0 1 | 2 3, split into 2 runs of 3 rows
+    assert [m.tolist() for m in minibatch_rows(torch.tensor([2, 0, 1]), 2, group_size=2)] == [[4, 5, 0], [1, 2, 3]]
+    # 4 groups of 2 into 2 minibatches: whole groups
+    assert [m.tolist() for m in minibatch_rows(torch.tensor([3, 1, 0, 2]), 2, group_size=2)] == [
+        [6, 7, 2, 3],
+        [0, 1, 4, 5],
+    ]
+    # rows in the given order; more minibatches than rows leaves the empty ones out
+    assert [m.tolist() for m in minibatch_rows(torch.tensor([3, 1, 0, 2]), 3)] == [[3, 1], [0], [2]]
+    assert [m.tolist() for m in minibatch_rows(torch.tensor([1, 0]), 3)] == [[1], [0]]
