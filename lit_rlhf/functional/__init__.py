@@ -8,7 +8,7 @@ from lit_rlhf.functional.grpo import GroupStats, GRPOLossStats, group_advantages
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import IGNORE_INDEX, mask_after_eos, masked_mean, masked_sum
-from lit_rlhf.functional.padding import pad_left, pad_right
+from lit_rlhf.functional.padding import PackedRows, pack_rows, pad_left, pad_right
 from lit_rlhf.functional.ppo import (
     PolicyStats,
     ValueStats,
@@ -24,7 +24,7 @@ from lit_rlhf.functional.ppo import (
 )
 from lit_rlhf.functional.reward import RewardStats, bradley_terry_loss, last_token_index
 from lit_rlhf.functional.schedules import warmup_decay_factor
-from lit_rlhf.functional.sft import SFTStats, num_target_tokens, sft_loss
+from lit_rlhf.functional.sft import SFTStats, num_target_tokens, packed_labels, sft_loss
 from lit_rlhf.functional.winrate import WinRateStats, bootstrap_ci, normal_ci, order_scores, pair_scores, win_rate_stats
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "GRPOLossStats",
     "GroupStats",
     "IGNORE_INDEX",
+    "PackedRows",
     "PolicyStats",
     "RewardStats",
     "SFTStats",
@@ -57,6 +58,8 @@ __all__ = [
     "normal_ci",
     "num_target_tokens",
     "order_scores",
+    "pack_rows",
+    "packed_labels",
     "pad_left",
     "pad_right",
     "pair_scores",

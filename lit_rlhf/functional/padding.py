@@ -1,8 +1,9 @@
-"""Padding lists of token ids into ``(batch, max_len)`` tensors with their attention masks."""
+"""Padding lists of token ids into ``(batch, max_len)`` tensors with their attention masks; packing padded rows."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -82,3 +83,51 @@ def length_chunks(lengths: torch.Tensor, max_chunks: int) -> list[tuple[torch.Te
         end = start
     order = order.to(lengths.device)
     return [(order[start:end], int(sizes[end - 1])) for start, end in reversed(bounds)]
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """Where the real tokens of a padded batch go when packed into one row, and where they sit in right-padded rows.
+
+    Attributes:
+        token_index: ``(num_tokens,)`` indices into the flattened ``(batch * seq_len)`` batch of its real tokens,
+            row by row, in order: ``input_ids.flatten()[token_index]`` is the packed row.
+        position_ids: ``(num_tokens,)`` each packed token's position within its own row (0, 1, ... per row).
+        slot_index: ``(num_tokens,)`` the slot of each packed token in a right-padded ``(batch, width)`` grid,
+            flattened: ``grid.flatten(0, 1)[slot_index]`` reads a grid back into packed order, and
+            ``index_copy`` with it fills a grid from packed tokens.
+        lengths: ``(batch,)`` real tokens per row.
+        width: the grid's width, the longest row.
+    """
+
+    token_index: torch.Tensor
+    position_ids: torch.Tensor
+    slot_index: torch.Tensor
+    lengths: torch.Tensor
+    width: int
+
+
+def pack_rows(attention_mask: torch.Tensor) -> PackedRows:
+    """The :class:`PackedRows` layout of a padded batch (left, right or mixed padding; each row's real tokens must
+    be contiguous).
+
+    Args:
+        attention_mask: ``(batch, seq_len)``, 1 on real tokens.
+
+    Returns:
+        The layout; ``num_tokens = attention_mask.sum()``.
+    """
+    mask = attention_mask.bool()
+    batch, seq_len = mask.shape
+    lengths = mask.sum(dim=1)
+    if bool((lengths == 0).any()):
+        raise ValueError("pack_rows needs at least one real token in every row")
+    first = mask.long().argmax(dim=1)
+    if not bool((mask.long().cumsum(dim=1).gather(1, (first + lengths - 1).unsqueeze(1)).squeeze(1) == lengths).all()):
+        raise ValueError("pack_rows needs each row's real tokens to be contiguous")
+    token_index = mask.flatten().nonzero().squeeze(1)
+    starts = lengths.cumsum(dim=0) - lengths  # packed offset of each row's first token
+    position_ids = torch.arange(token_index.numel(), device=mask.device) - starts.repeat_interleave(lengths)
+    width = int(lengths.max())
+    slot_index = torch.arange(batch, device=mask.device).repeat_interleave(lengths) * width + position_ids
+    return PackedRows(token_index, position_ids, slot_index, lengths, width)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_rlhf.functional.masking import IGNORE_INDEX
+from lit_rlhf.functional.padding import PackedRows
 
 
 class SFTStats(NamedTuple):
@@ -27,6 +28,27 @@ class SFTStats(NamedTuple):
 def num_target_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Scalar count of the supervised targets of ``labels`` ``(batch, seq_len)``: positions 1.. not ignored."""
     return (labels[:, 1:] != ignore_index).sum()
+
+
+def packed_labels(labels: torch.Tensor, layout: PackedRows, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Labels of a padded batch in the packed order of ``layout``, each row's first label ignored.
+
+    In one packed row the last token of a row sits right before the next row's first token, so :func:`sft_loss`
+    would ask it to predict that token; ignoring every row's first label (which a causal LM never predicts within
+    its own row anyway) keeps the loss the padded batch's.
+
+    Args:
+        labels: ``(batch, seq_len)`` as for :func:`sft_loss`.
+        layout: :func:`~lit_rlhf.functional.padding.pack_rows` of the batch's attention mask.
+        ignore_index: label value to skip.
+
+    Returns:
+        ``(num_tokens,)`` labels of the packed row.
+    """
+    packed = labels.flatten().index_select(0, layout.token_index).clone()
+    starts = layout.lengths.cumsum(dim=0) - layout.lengths
+    packed[starts] = ignore_index
+    return packed
 
 
 def sft_loss(

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 
 from lit_rlhf.functional.reward import last_token_index
 from lit_rlhf.models.loading import DTYPES, ModelLoadError, is_builtin, set_attn_implementation
+from lit_rlhf.models.padding_free import packed_forward
 from lit_rlhf.models.shared_prompt import prompt_then_responses
 from lit_rlhf.models.tiny import build_tiny_llama
 
@@ -158,6 +159,25 @@ def token_scores(
     """Score at every position ``(batch, seq_len)``: a value model's per-token values."""
     hidden = backbone_hidden_states(model, input_ids, attention_mask, position_ids)
     return score_head(model)(hidden).squeeze(-1).float()
+
+
+def packed_token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """:func:`token_scores` computed on the batch's real tokens only, packed into one row
+    (:func:`~lit_rlhf.models.padding_free.packed_forward`): the same scores and gradients, no work on padding.
+
+    Args:
+        model: a decoder-only sequence-classification model with one label.
+        input_ids: ``(batch, seq_len)`` ids, padded on either side.
+        attention_mask: ``(batch, seq_len)`` 0/1 mask.
+
+    Returns:
+        ``(batch, seq_len)`` float scores at real positions, 0 at padding.
+    """
+    body = getattr(model, model.base_model_prefix)
+    outputs, layout = packed_forward(body, input_ids, attention_mask)
+    packed = score_head(model)(outputs.last_hidden_state[0]).squeeze(-1).float()  # (num_tokens,)
+    flat = packed.new_zeros(input_ids.numel()).index_copy(0, layout.token_index, packed)
+    return flat.view_as(input_ids)
 
 
 def shared_prompt_token_scores(

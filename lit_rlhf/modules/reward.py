@@ -10,10 +10,12 @@ from torchmetrics import CatMetric
 from lit_rlhf.functional.reward import bradley_terry_loss, prefix_pair_loss
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.models.loading import load_tokenizer
+from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.models.scoring import (
     NORMALIZATION_KEY,
     ensure_distinct_pad,
     load_reward_model,
+    packed_token_scores,
     score_head,
     sequence_scores,
     shared_prompt_token_scores,
@@ -57,6 +59,10 @@ class RewardModule(RLHFModule):
             (:func:`~lit_rlhf.models.scoring.shared_prompt_token_scores`): the same scores and gradients as two full
             sequences, with ``P + 2R`` instead of ``2(P + R)`` token positions. Off under ``gradient_checkpointing``
             (no KV cache there). Validation always scores full sequences.
+        padding_free: in training, run the batch's real tokens packed into one row
+            (:func:`~lit_rlhf.models.scoring.packed_token_scores`): the same scores and gradients, no position
+            spent on padding, on any attention kernel (CPU included). Not with ``shared_prompt_forward`` or
+            ``gradient_checkpointing``. Validation always scores padded batches.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not on biases and norms).
         betas: AdamW betas.
@@ -80,6 +86,7 @@ class RewardModule(RLHFModule):
         center_coef: float = 0.0,
         prefix_loss_coef: float = 0.0,
         shared_prompt_forward: bool = False,
+        padding_free: bool = False,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -103,6 +110,10 @@ class RewardModule(RLHFModule):
         )
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if padding_free:
+            if shared_prompt_forward:
+                raise ValueError("choose padding_free or shared_prompt_forward, not both")
+            check_padding_free(self.model)
         if freeze_backbone:
             head = {id(p) for p in score_head(self.model).parameters()}
             for param in self.model.parameters():
@@ -145,6 +156,8 @@ class RewardModule(RLHFModule):
                 ids,
                 batch["response_attention_mask"],
             )
+        elif self.hparams.padding_free:
+            per_token = packed_token_scores(self.model, ids, batch["attention_mask"])
         elif coef:
             per_token = token_scores(self.model, ids, batch["attention_mask"])
         if per_token is None:

@@ -9,9 +9,10 @@ from torchmetrics import MeanMetric
 
 from lit_rlhf.functional.padding import length_chunks
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.functional.sft import SFTStats, num_target_tokens, sft_loss
+from lit_rlhf.functional.sft import SFTStats, num_target_tokens, packed_labels, sft_loss
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+from lit_rlhf.models.padding_free import check_padding_free, packed_forward
 from lit_rlhf.modules.base import RLHFModule
 from lit_rlhf.tables import log_text, markdown_table
 
@@ -38,6 +39,10 @@ class SFTModule(RLHFModule):
             each cut to its own longest row (:func:`~lit_rlhf.functional.padding.length_chunks` picks the cuts
             that leave the fewest pad positions). The batch, its loss and its gradient stay the same (up to float
             rounding); only pad positions are skipped. 1 = one pass over the padded batch.
+        padding_free: run each training batch as one packed row of its real tokens
+            (:func:`~lit_rlhf.models.padding_free.packed_forward`): no position is spent on padding, on any
+            attention kernel (CPU included); the loss and gradient are the batch's (up to float rounding). Not with
+            ``length_chunks > 1`` or ``gradient_checkpointing``.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and norms).
         betas: AdamW betas.
@@ -60,6 +65,7 @@ class SFTModule(RLHFModule):
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         length_chunks: int = 1,
+        padding_free: bool = False,
         learning_rate: float = 2e-5,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -73,6 +79,8 @@ class SFTModule(RLHFModule):
         super().__init__()
         if length_chunks < 1:
             raise ValueError(f"length_chunks must be >= 1, got {length_chunks}")
+        if padding_free and length_chunks > 1:
+            raise ValueError("choose padding_free or length_chunks > 1, not both (padding_free leaves no padding)")
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(
             tokenizer_name_or_path or model_name_or_path, trust_remote_code=trust_remote_code
@@ -87,6 +95,8 @@ class SFTModule(RLHFModule):
         )
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if padding_free:
+            check_padding_free(self.model)
         self.val_loss = MeanMetric()
         self.val_token_accuracy = MeanMetric()
         self.val_gold = torch.nn.ModuleDict()
@@ -106,7 +116,10 @@ class SFTModule(RLHFModule):
         return loss
 
     def _batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, SFTStats]:
-        """The batch's :func:`sft_loss`, in ``length_chunks`` passes over its right-padded rows."""
+        """The batch's :func:`sft_loss`: one pass, one packed pass, or ``length_chunks`` passes over its rows."""
+        if self.hparams.padding_free:
+            outputs, layout = packed_forward(self.model, batch["input_ids"], batch["attention_mask"])
+            return sft_loss(outputs.logits, packed_labels(batch["labels"], layout).unsqueeze(0))
         if self.hparams.length_chunks == 1:
             return sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
         mask = batch["attention_mask"]

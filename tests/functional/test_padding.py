@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from lit_rlhf.functional.padding import length_chunks, pad_left, pad_right
+from lit_rlhf.functional.padding import length_chunks, pack_rows, pad_left, pad_right
 
 
 def positions(chunks):
@@ -58,3 +58,25 @@ def test_length_chunks_finds_the_fewest_positions_of_any_cut(seed):
             for cuts in itertools.combinations(range(1, 9), k)
         )
         assert positions(chunks) == brute
+
+
+def test_pack_rows_on_a_hand_computed_batch():
+    # Row 0 right-padded (3 tokens), row 1 left-padded (2 tokens), row 2 full (4 tokens).
+    layout = pack_rows(torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1]]))
+    assert layout.token_index.tolist() == [0, 1, 2, 6, 7, 8, 9, 10, 11]
+    assert layout.position_ids.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3]
+    assert layout.lengths.tolist() == [3, 2, 4] and layout.width == 4
+    # The right-padded 3 x 4 grid: row 0 in slots 0-2, row 1 in slots 4-5, row 2 in slots 8-11.
+    assert layout.slot_index.tolist() == [0, 1, 2, 4, 5, 8, 9, 10, 11]
+    ids = torch.tensor([[5, 6, 7, 0], [0, 0, 8, 9], [1, 2, 3, 4]])
+    packed = ids.flatten()[layout.token_index]
+    assert packed.tolist() == [5, 6, 7, 8, 9, 1, 2, 3, 4]
+    grid = torch.zeros(3 * 4, dtype=torch.long).index_copy(0, layout.slot_index, packed).view(3, 4)
+    assert grid.tolist() == [[5, 6, 7, 0], [8, 9, 0, 0], [1, 2, 3, 4]]
+
+
+def test_pack_rows_refuses_empty_and_gapped_rows():
+    with pytest.raises(ValueError, match="at least one real token"):
+        pack_rows(torch.tensor([[1, 1], [0, 0]]))
+    with pytest.raises(ValueError, match="contiguous"):
+        pack_rows(torch.tensor([[1, 0, 1], [1, 1, 1]]))

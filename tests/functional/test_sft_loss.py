@@ -2,7 +2,14 @@ import math
 
 import torch
 
-from lit_rlhf.functional import IGNORE_INDEX, logprobs_from_logits, num_target_tokens, sft_loss
+from lit_rlhf.functional import (
+    IGNORE_INDEX,
+    logprobs_from_logits,
+    num_target_tokens,
+    pack_rows,
+    packed_labels,
+    sft_loss,
+)
 
 
 def test_sft_loss_counts_only_response_tokens_by_hand():
@@ -63,3 +70,30 @@ def test_logprobs_from_logits_by_hand():
     assert torch.allclose(logprobs_from_logits(logits, tokens), expected, atol=1e-6)
     # Ignored labels give 0 instead of indexing out of range.
     assert logprobs_from_logits(logits, torch.tensor([[IGNORE_INDEX, 0]]))[0, 0].item() == 0.0
+
+
+def test_packed_labels_ignore_each_rows_first_label_by_hand():
+    x = IGNORE_INDEX
+    labels = torch.tensor([[7, 8, 9, x], [x, x, 5, 6]])  # row 0 supervised from its first token on
+    layout = pack_rows(torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]]))
+    # Packed: row 0 = [7, 8, 9], row 1 = [x, 5, 6]; each row's first label is dropped (the previous row's last
+    # token sits before it in the packed row, and nothing in its own row predicts it).
+    assert packed_labels(labels, layout).tolist() == [x, 8, 9, x, 5, 6]
+
+
+def test_sft_loss_on_packed_rows_equals_the_padded_batch():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    labels = torch.randint(0, 5, (3, 6))
+    labels[:, :2] = IGNORE_INDEX
+    labels[mask == 0] = IGNORE_INDEX
+    logits = torch.randn(3, 6, 5)
+    layout = pack_rows(mask)
+    packed_logits = logits.flatten(0, 1)[layout.token_index].unsqueeze(0)
+    loss, stats = sft_loss(logits, labels)
+    packed_loss, packed_stats = sft_loss(packed_logits, packed_labels(labels, layout).unsqueeze(0))
+    assert math.isclose(packed_loss.item(), loss.item(), rel_tol=1e-6)
+    assert (packed_stats.num_tokens.item(), packed_stats.num_correct.item()) == (
+        stats.num_tokens.item(),
+        stats.num_correct.item(),
+    )

@@ -8,6 +8,7 @@ from lit_rlhf.models.loading import ModelLoadError
 from lit_rlhf.models.scoring import (
     ensure_distinct_pad,
     load_reward_model,
+    packed_token_scores,
     sequence_scores,
     shared_prompt_token_scores,
     token_scores,
@@ -133,3 +134,14 @@ def test_shared_prompt_scores_and_gradients_equal_full_sequences(family, word_to
         torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(ValueError, match="not a whole number of blocks of 3 prompts"):
         shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids[:5], response_mask[:5])
+
+
+@pytest.mark.parametrize("pad", [pad_left, pad_right], ids=["left", "right"])
+def test_packed_token_scores_equal_token_scores_at_real_positions(reward_model, word_tokenizer, pad):
+    ids, mask = pad(SEQUENCES, word_tokenizer.pad_token_id)
+    packed = packed_token_scores(reward_model, ids, mask)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    full = token_scores(reward_model, ids, mask, positions)
+    assert packed.shape == ids.shape
+    torch.testing.assert_close(packed * mask, full * mask, atol=1e-5, rtol=1e-5)
+    assert bool((packed[mask == 0] == 0).all())

@@ -160,3 +160,39 @@ def test_length_chunks_trains_and_refuses_bad_settings(tmp_path):
     left = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
     with pytest.raises(ValueError, match="right-padded"):
         module._batch_loss({**left, "labels": left["input_ids"]})
+
+
+def test_padding_free_gives_the_loss_and_gradients_of_the_padded_batch(tmp_path):
+    module, data, _ = make(tmp_path, max_steps=1)
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert lengths.min() < lengths.max()  # rows of several lengths, so the packed row is shorter
+    results = {}
+    for padding_free in (False, True):
+        module.hparams.padding_free = padding_free
+        module.model.zero_grad()
+        loss, stats = module._batch_loss(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+        results[padding_free] = (loss.item(), stats.num_tokens.item(), stats.num_correct.item(), grads)
+    (loss, tokens, correct, grads), (packed_loss, packed_tokens, packed_correct, packed_grads) = (
+        results[False],
+        results[True],
+    )
+    assert packed_loss == pytest.approx(loss, rel=1e-6) and (packed_tokens, packed_correct) == (tokens, correct)
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_padding_free_trains_and_refuses_bad_settings(tmp_path):
+    recorder = LossRecorder()
+    module, data, trainer = make(tmp_path, 3, [recorder], num_train=128)
+    module.hparams.padding_free = True
+    trainer.fit(module, data)
+    assert len(recorder.losses) == 3 and trainer.callback_metrics["train/token_accuracy"] > 0
+    with pytest.raises(ValueError, match="padding_free or length_chunks"):
+        SFTModule(model_config=TINY_MODEL_CONFIG, padding_free=True, length_chunks=2)
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        SFTModule(model_config=TINY_MODEL_CONFIG, padding_free=True, gradient_checkpointing=True)

@@ -1,0 +1,139 @@
+"""Padding-free forward passes: the real tokens of a padded batch packed into one row, on any attention kernel.
+
+Every linear layer, norm and activation of a decoder works on each position alone, so they can run on the batch's
+real tokens packed into one ``(1, num_tokens)`` row: no work on padding. Only attention needs the rows apart. Here
+each attention layer copies its packed queries, keys and values into zero-padded ``(batch, width)`` rows, runs
+causal PyTorch SDPA there (a real position never sees the later pad slots, so they need no mask), and gathers the
+outputs back into packed order. Positions restart at 0 on every row through ``position_ids``, so rotary and
+learned position embeddings see what they would see in the padded batch.
+
+Unlike Hugging Face's own padding-free path (``position_ids`` with ``flash_attention_2``), this needs no flash
+kernel: it runs on CPUs and with ``sdpa`` or ``eager`` models. It covers decoders whose attention layers dispatch
+through ``transformers``' attention interface (Llama, Qwen2/3, Mistral, GPT-2 and most others); it refuses
+attention logit soft-capping, attention sinks, and sliding windows shorter than the batch's longest row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from lit_rlhf.functional.padding import PackedRows, pack_rows
+
+PADDING_FREE_ATTENTION = "lit_rlhf_padding_free"
+"""Name of the attention function registered with ``transformers.AttentionInterface``."""
+
+_LAYOUT_KWARG = "lit_rlhf_packed_rows"
+
+
+def _padding_free_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention over packed rows: ``query`` ``(1, heads, num_tokens, head_dim)``, ``key``/``value``
+    ``(1, kv_heads, num_tokens, head_dim)``; returns ``(1, num_tokens, heads, head_dim)``."""
+    layout: PackedRows | None = kwargs.pop(_LAYOUT_KWARG, None)
+    if layout is None:
+        raise RuntimeError(
+            f"the {PADDING_FREE_ATTENTION!r} attention only runs inside lit_rlhf.models.padding_free.packed_forward"
+        )
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise ValueError("padding-free forward does not support attention soft-capping or attention sinks")
+    window = kwargs.get("sliding_window")
+    if window is not None and layout.width > window:
+        raise ValueError(
+            f"padding-free forward: the longest row ({layout.width} tokens) exceeds the model's sliding window "
+            f"({window}); use padded batches"
+        )
+    batch, width = layout.lengths.numel(), layout.width
+
+    def to_grid(states: torch.Tensor) -> torch.Tensor:  # (1, h, T, d) -> (batch, h, width, d), zeros past row ends
+        heads, dim = states.size(1), states.size(-1)
+        grid = states.new_zeros(heads, batch * width, dim).index_copy(1, layout.slot_index, states[0])
+        return grid.view(heads, batch, width, dim).transpose(0, 1)
+
+    output, _ = sdpa_attention_forward(
+        module, to_grid(query), to_grid(key), to_grid(value), None, dropout=dropout, scaling=scaling, is_causal=True
+    )  # (batch, width, heads, head_dim)
+    return output.flatten(0, 1).index_select(0, layout.slot_index).unsqueeze(0), None
+
+
+AttentionInterface.register(PADDING_FREE_ATTENTION, _padding_free_attention)
+
+
+def _configs(model: torch.nn.Module) -> list[PretrainedConfig]:
+    """Every distinct ``PretrainedConfig`` the model's modules hold (their attention layers read it)."""
+    found: dict[int, PretrainedConfig] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig):
+            found.setdefault(id(config), config)
+    return list(found.values())
+
+
+@contextmanager
+def _attention_swapped(model: torch.nn.Module) -> Iterator[None]:
+    """Point the model's configs at the padding-free attention for the duration of one forward pass."""
+    configs = _configs(model)
+    saved = [config._attn_implementation for config in configs]
+    try:
+        for config in configs:
+            config._attn_implementation = PADDING_FREE_ATTENTION
+        yield
+    finally:
+        for config, name in zip(configs, saved):
+            config._attn_implementation = name
+
+
+def check_padding_free(model: torch.nn.Module) -> None:
+    """Raise ``ValueError`` where a padding-free forward would be wrong: gradient checkpointing (its recomputation
+    in the backward pass would run outside the packed layout) or a model whose layers do not use the attention
+    interface (encoder-decoders)."""
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing:
+        raise ValueError("padding-free forward cannot be combined with gradient checkpointing")
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError("padding-free forward needs a decoder-only model")
+
+
+def packed_forward(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any
+) -> tuple[Any, PackedRows]:
+    """Run ``model`` on the real tokens of a padded batch, packed into one row.
+
+    Args:
+        model: a decoder-only ``transformers`` model (causal LM or a model with a per-token head).
+        input_ids: ``(batch, seq_len)``, any padding side; each row's real tokens contiguous.
+        attention_mask: ``(batch, seq_len)``, 1 on real tokens.
+        **kwargs: passed on to the model's forward (e.g. ``logits_to_keep``); ``use_cache`` is off.
+
+    Returns:
+        ``(outputs, layout)``: the model's outputs over one packed row (``logits`` ``(1, num_tokens, vocab)``)
+        and the :class:`~lit_rlhf.functional.padding.PackedRows` that maps them back to the batch.
+    """
+    check_padding_free(model)
+    layout = pack_rows(attention_mask)
+    packed_ids = input_ids.flatten().index_select(0, layout.token_index).unsqueeze(0)
+    with _attention_swapped(model):
+        outputs = model(
+            input_ids=packed_ids,
+            position_ids=layout.position_ids.unsqueeze(0),
+            use_cache=False,
+            **{_LAYOUT_KWARG: layout},
+            **kwargs,
+        )
+    return outputs, layout
