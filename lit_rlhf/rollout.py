@@ -15,9 +15,10 @@ import torch
 from transformers import PreTrainedModel
 
 from lit_rlhf.functional.logprobs import logprobs_from_logits
-from lit_rlhf.functional.padding import position_ids_from_mask
+from lit_rlhf.functional.padding import pack_rows, position_ids_from_mask
 from lit_rlhf.functional.ppo import entropy_from_logits
-from lit_rlhf.models.scoring import token_scores
+from lit_rlhf.models.padding_free import packed_forward
+from lit_rlhf.models.scoring import packed_token_scores, token_scores
 from lit_rlhf.models.shared_prompt import prompt_then_responses
 
 
@@ -77,12 +78,16 @@ def response_logprobs(
     response_mask: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    padding_free: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the response tokens under ``model`` (with grad if enabled by the caller).
 
     Only the logits that predict response tokens are computed when the model takes ``logits_to_keep`` (Hugging Face
     decoders do): ``(batch, response_len + 1, vocab)`` instead of ``(batch, prompt_len + response_len, vocab)``,
-    which for long prompts and large vocabularies is most of the memory of a PPO or GRPO minibatch.
+    which for long prompts and large vocabularies is most of the memory of a PPO or GRPO minibatch. With
+    ``padding_free`` the rows' real tokens run packed into one row
+    (:func:`~lit_rlhf.models.padding_free.packed_forward`) and only the logits that predict real response tokens
+    are computed: the same result, no work on the padding left of the prompts and right of the responses.
 
     Args:
         model: a causal LM.
@@ -93,18 +98,44 @@ def response_logprobs(
         temperature: the sampling temperature; logits are divided by it, so the log-probabilities are those of the
             distribution the responses were sampled from.
         with_entropy: also return the entropy of each position's (tempered) distribution, without grad.
+        padding_free: compute on the packed real tokens (see above).
 
     Returns:
         ``(batch, response_len)`` float32 log-probabilities, 0 on response padding; with ``with_entropy`` a pair
         ``(logprobs, entropy)``, both that shape.
     """
     ids, mask = join(prompt_ids, prompt_mask, response_ids, response_mask)
+    if padding_free:
+        logits = _packed_response_logits(model, ids, mask, prompt_ids.size(1), response_mask)
+        return _response_logprobs(logits, response_ids, response_mask, temperature, with_entropy)
     keep = response_ids.size(1) + 1  # logits at t predict token t + 1: positions prompt_len - 1 .. the end
     kwargs = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
     logits = model(
         input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False, **kwargs
     ).logits
     return _response_logprobs(logits[:, -keep:-1], response_ids, response_mask, temperature, with_entropy)
+
+
+def _packed_response_logits(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, prompt_len: int, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """Logits that predict each response token ``(batch, response_len, vocab)`` from one packed forward pass over
+    the real tokens of ``[prompt | response]`` rows ``ids``/``mask``; zeros where the response is padding."""
+    batch, response_len = response_mask.shape
+    layout = pack_rows(mask)
+    packed_of_slot = torch.full((ids.numel(),), -1, dtype=torch.long, device=ids.device)
+    packed_of_slot[layout.token_index] = torch.arange(layout.token_index.numel(), device=ids.device)
+    rows, columns = response_mask.bool().nonzero(as_tuple=True)  # real response tokens, row by row
+    # Response token j of row b is predicted at column prompt_len + j - 1 of [prompt | response].
+    predicting = packed_of_slot[rows * ids.size(1) + prompt_len + columns - 1]
+    if takes_logits_to_keep(model):
+        outputs, _ = packed_forward(model, ids, mask, layout, logits_to_keep=predicting)
+        kept = outputs.logits[0]
+    else:
+        outputs, _ = packed_forward(model, ids, mask, layout)
+        kept = outputs.logits[0, predicting]
+    dense = kept.new_zeros(batch * response_len, kept.size(-1))
+    return dense.index_copy(0, rows * response_len + columns, kept).view(batch, response_len, -1)
 
 
 def takes_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -184,17 +215,23 @@ def response_values(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    padding_free: bool = False,
 ) -> torch.Tensor:
     """Critic values of the states before each response token: ``V_t`` read at the position that predicts token t.
 
     Args:
         critic: a sequence-classification model with one label (scored per token).
         prompt_ids, prompt_mask, response_ids, response_mask: as in :func:`response_logprobs`.
+        padding_free: run the real tokens packed into one row
+            (:func:`~lit_rlhf.models.scoring.packed_token_scores`): the same values, no work on padding.
 
     Returns:
         ``(batch, response_len)`` float32 values, 0 on response padding.
     """
     ids, mask = join(prompt_ids, prompt_mask, response_ids, response_mask)
-    values = token_scores(critic, ids, mask, position_ids=position_ids_from_mask(mask))
+    if padding_free:
+        values = packed_token_scores(critic, ids, mask)
+    else:
+        values = token_scores(critic, ids, mask, position_ids=position_ids_from_mask(mask))
     values = values[:, prompt_ids.size(1) - 1 : -1]
     return torch.where(response_mask.bool(), values, torch.zeros_like(values))

@@ -235,3 +235,53 @@ def test_only_the_logits_that_predict_response_tokens_are_computed(word_tokenize
     assert [shape[1] for shape in shapes] == [1, 3, 6, 3]  # prompt pass, response pass; twice
     torch.testing.assert_close(shared, kept, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared_full, kept, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_padding_free_logprobs_values_and_gradients_equal_padded_rows(kind, tmp_path, word_tokenizer):
+    model, tokenizer = tiny_causal_lm(kind, tmp_path)
+    model.eval()  # dropout off; gradients still flow
+    prompt_ids, prompt_mask = pad_left([tokenizer(p)["input_ids"] for p in PROMPTS], tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    response_mask = torch.arange(5)[None, :] < torch.tensor([3, 1, 5])[:, None]
+    response_ids = torch.randint(3, 40, (3, 5)) * response_mask + tokenizer.pad_token_id * ~response_mask
+    args = (prompt_ids, prompt_mask, response_ids, response_mask)
+    shapes = []
+    model.get_output_embeddings().register_forward_hook(lambda module, a, out: shapes.append(tuple(out.shape)))
+
+    def run(padding_free: bool):
+        model.zero_grad()
+        logprobs, entropy = response_logprobs(
+            model, *args, temperature=0.7, with_entropy=True, padding_free=padding_free
+        )
+        (logprobs * torch.linspace(0.5, 2.0, logprobs.numel()).view_as(logprobs)).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return logprobs.detach(), entropy, grads
+
+    packed_logprobs, packed_entropy, packed_grads = run(True)
+    assert shapes[-1][:2] == (1, 9)  # the logits of the 3 + 1 + 5 real response tokens only
+    padded_logprobs, padded_entropy, padded_grads = run(False)
+    assert bool((packed_logprobs[response_mask] < 0).all()) and bool((packed_logprobs[~response_mask] == 0).all())
+    torch.testing.assert_close(packed_logprobs, padded_logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_entropy, padded_entropy, atol=1e-5, rtol=1e-5)
+    assert packed_grads.keys() == padded_grads.keys() and len(padded_grads) > 0
+    for name in padded_grads:
+        torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    class NoLogitsToKeep(torch.nn.Module):  # takes extra keyword arguments, but not logits_to_keep
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, position_ids, use_cache, **kwargs):
+            return self.inner(input_ids=input_ids, position_ids=position_ids, use_cache=use_cache, **kwargs)
+
+    with torch.no_grad():
+        all_logits = response_logprobs(NoLogitsToKeep(model), *args, temperature=0.7, padding_free=True)
+    torch.testing.assert_close(all_logits, padded_logprobs, atol=1e-5, rtol=1e-5)
+    if kind == "llama":  # the critic: a sequence-classification model of the same body
+        critic = load_reward_model("tiny-arithmetic", word_tokenizer, config_overrides=TINY_MODEL_CONFIG).eval()
+        with torch.no_grad():
+            packed_values = response_values(critic, *args, padding_free=True)
+            padded_values = response_values(critic, *args)
+        torch.testing.assert_close(packed_values, padded_values, atol=1e-5, rtol=1e-5)

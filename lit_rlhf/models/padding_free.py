@@ -111,7 +111,11 @@ def check_padding_free(model: torch.nn.Module) -> None:
 
 
 def packed_forward(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layout: PackedRows | None = None,
+    **kwargs: Any,
 ) -> tuple[Any, PackedRows]:
     """Run ``model`` on the real tokens of a padded batch, packed into one row.
 
@@ -119,6 +123,7 @@ def packed_forward(
         model: a decoder-only ``transformers`` model (causal LM or a model with a per-token head).
         input_ids: ``(batch, seq_len)``, any padding side; each row's real tokens contiguous.
         attention_mask: ``(batch, seq_len)``, 1 on real tokens.
+        layout: ``pack_rows(attention_mask)`` when the caller has it already.
         **kwargs: passed on to the model's forward (e.g. ``logits_to_keep``); ``use_cache`` is off.
 
     Returns:
@@ -126,7 +131,7 @@ def packed_forward(
         and the :class:`~lit_rlhf.functional.padding.PackedRows` that maps them back to the batch.
     """
     check_padding_free(model)
-    layout = pack_rows(attention_mask)
+    layout = pack_rows(attention_mask) if layout is None else layout
     packed_ids = input_ids.flatten().index_select(0, layout.token_index).unsqueeze(0)
     with _attention_swapped(model):
         outputs = model(

@@ -88,6 +88,9 @@ class GRPOModule(OnlineRLModule):
             (:func:`~lit_rlhf.rollout.shared_prompt_response_logprobs`, per micro-batch): the same samples,
             log-probabilities and gradients up to float rounding, with fewer token positions; most useful when
             prompts are long. Needs a decoder whose forward takes ``past_key_values`` (Hugging Face decoders do).
+        padding_free: run the reference pass and the policy's updates on the rows' real tokens packed into one row
+            (:func:`~lit_rlhf.models.padding_free.packed_forward`): the same log-probabilities and gradients up to
+            float rounding, no work on padding, on any attention kernel. Not with ``shared_prompt_forward``.
         gradient_accumulation_steps: micro-batches per minibatch (memory), gradients summed exactly.
         missing_eos_penalty: subtracted from the reward of responses cut by ``max_new_tokens``; ``null`` = none.
         max_grad_norm: gradient clipping norm.
@@ -122,6 +125,7 @@ class GRPOModule(OnlineRLModule):
         num_minibatches: int = 1,
         group_minibatches: bool = False,
         shared_prompt_forward: bool = False,
+        padding_free: bool = False,
         gradient_accumulation_steps: int = 1,
         missing_eos_penalty: float | None = None,
         max_grad_norm: float = 1.0,
@@ -139,6 +143,8 @@ class GRPOModule(OnlineRLModule):
             raise ValueError(f"loss_averaging must be 'token' or 'sequence', got {loss_averaging!r}")
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
+        if padding_free and shared_prompt_forward:
+            raise ValueError("choose padding_free or shared_prompt_forward, not both")
         self.save_hyperparameters(ignore=["rewards"])
         self.automatic_optimization = False
         self.reward = WeightedSumReward(list(rewards), reward_weights, name="reward")
@@ -202,7 +208,13 @@ class GRPOModule(OnlineRLModule):
                 )
             else:
                 ref_logprobs = response_logprobs(
-                    self.reference, prompt_ids, prompt_mask, generation.response_ids, response_mask, hp.temperature
+                    self.reference,
+                    prompt_ids,
+                    prompt_mask,
+                    generation.response_ids,
+                    response_mask,
+                    hp.temperature,
+                    padding_free=hp.padding_free,
                 )
         else:
             ref_logprobs = torch.zeros_like(generation.logprobs)
@@ -288,6 +300,7 @@ class GRPOModule(OnlineRLModule):
             mb.response_mask,
             hp.temperature,
             with_entropy=True,
+            padding_free=hp.padding_free,
         )
 
     def _loss(self, mb: GroupRollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -15,6 +15,7 @@ from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.models.scoring import load_reward_model
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
@@ -80,6 +81,10 @@ class PPOModule(OnlineRLModule):
         gradient_accumulation_steps: micro-batches per minibatch, each forward and backward on its own to bound
             memory; their gradients add up to the whole minibatch's before its one optimizer step.
         max_grad_norm: gradient clipping norm of each optimizer step.
+        padding_free: run every teacher-forced pass (reference, critic, actor and critic updates) on the rows' real
+            tokens packed into one row (:func:`~lit_rlhf.models.padding_free.packed_forward`): the same
+            log-probabilities, values and gradients up to float rounding, no work on the padding left of the prompts
+            and right of the responses, on any attention kernel (CPU included).
         num_logged_samples: rows of the validation sample table.
     """
 
@@ -116,6 +121,7 @@ class PPOModule(OnlineRLModule):
         num_minibatches: int = 1,
         gradient_accumulation_steps: int = 1,
         max_grad_norm: float = 1.0,
+        padding_free: bool = False,
         num_logged_samples: int = 8,
     ) -> None:
         super().__init__()
@@ -141,6 +147,9 @@ class PPOModule(OnlineRLModule):
             zero_head=True,
             attn_implementation=attn_implementation,
         )
+        if padding_free:
+            check_padding_free(self.model)
+            check_padding_free(self.critic)
         self.kl_controller = (
             AdaptiveKLController(kl_coef, adaptive_kl_target, adaptive_kl_horizon)
             if adaptive_kl_target is not None
@@ -181,10 +190,11 @@ class PPOModule(OnlineRLModule):
         if hp.missing_eos_penalty is not None:
             scores = torch.where(generation.has_eos, scores, scores - hp.missing_eos_penalty)
         logprobs = generation.logprobs  # from the sampling pass itself: no second forward of the policy
+        packed = hp.padding_free
         ref_logprobs = response_logprobs(
-            self.reference, prompt_ids, prompt_mask, response_ids, response_mask, hp.temperature
+            self.reference, prompt_ids, prompt_mask, response_ids, response_mask, hp.temperature, padding_free=packed
         )
-        values = response_values(self.critic, prompt_ids, prompt_mask, response_ids, response_mask)
+        values = response_values(self.critic, prompt_ids, prompt_mask, response_ids, response_mask, padding_free=packed)
         kl = kl_penalty(logprobs, ref_logprobs, hp.kl_estimator) * response_mask
         rewards, non_score = per_token_rewards(scores, kl, self.kl_controller.value, response_mask)
         advantages, returns = gae(rewards, values, response_mask, hp.gamma, hp.lam)
@@ -254,6 +264,7 @@ class PPOModule(OnlineRLModule):
             mb.response_mask,
             self.hparams.temperature,
             with_entropy=True,
+            padding_free=self.hparams.padding_free,
         )
         loss, stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask, self.hparams.clip_range)
         return loss, {
@@ -266,7 +277,14 @@ class PPOModule(OnlineRLModule):
         }
 
     def _value_loss(self, mb: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = response_values(self.critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+        values = response_values(
+            self.critic,
+            mb.prompt_ids,
+            mb.prompt_mask,
+            mb.response_ids,
+            mb.response_mask,
+            padding_free=self.hparams.padding_free,
+        )
         loss, stats = ppo_value_loss(values, mb.values, mb.returns, mb.response_mask, self.hparams.clip_range_value)
         return loss, {
             "loss/value": loss,

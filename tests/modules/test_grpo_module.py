@@ -124,18 +124,21 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir, avera
         assert torch.allclose(value, weights[1][name], atol=1e-5), name
 
 
-@pytest.mark.parametrize("group_minibatches", [False, True])
-def test_shared_prompt_forward_gives_the_same_update(tmp_path, policy_dir, group_minibatches):
-    # The reference pass (beta 0.1) and the policy's micro-batches compute each prompt once; the same samples, losses
-    # and weights as the full rows. Micro-batches (2 per minibatch) hold some groups only in part.
+@pytest.mark.parametrize(
+    ("option", "group_minibatches"),
+    [("shared_prompt_forward", False), ("shared_prompt_forward", True), ("padding_free", False)],
+)
+def test_shared_prompt_forward_and_padding_free_give_the_same_update(tmp_path, policy_dir, option, group_minibatches):
+    # The reference pass (beta 0.1) and the policy's micro-batches compute each prompt once, or run packed; the same
+    # samples, losses and weights as the padded full rows. Micro-batches (2 per minibatch) hold some groups in part.
     weights, losses = [], []
     for shared in (False, True):
         module, data, trainer = make(
             tmp_path / str(shared),
             policy_dir,
             iterations=2,
-            shared_prompt_forward=shared,
             group_minibatches=group_minibatches,
+            **{option: shared},
             gradient_accumulation_steps=2,
         )
         recorder = Recorder()
@@ -176,3 +179,7 @@ def test_bad_options_are_refused(policy_dir):
         GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, num_generations=1)
     with pytest.raises(ValueError, match="loss_averaging"):
         GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, loss_averaging="batch")
+    with pytest.raises(ValueError, match="padding_free or shared_prompt_forward"):
+        GRPOModule(
+            [ArithmeticVerifierReward()], policy_name_or_path=policy_dir, padding_free=True, shared_prompt_forward=True
+        )

@@ -131,3 +131,16 @@ def test_prompts_and_responses_longer_than_the_context_are_refused_before_traini
     with pytest.raises(ValueError, match=r"prompts of up to 125 tokens .* exceed the policy's context of 128"):
         trainer.fit(module, data)
     assert module.iteration == 0
+
+
+def test_padding_free_gives_the_same_update(tmp_path, policy_dir):
+    # Reference and critic passes of the rollout, and the actor and critic updates, on packed rows.
+    weights = []
+    for padding_free in (False, True):
+        module, data, trainer = make(tmp_path / str(padding_free), policy_dir, iterations=1, padding_free=padding_free)
+        trainer.fit(module, data)
+        weights.append(
+            {k: v.clone() for k, v in [*module.model.state_dict().items(), *module.critic.state_dict().items()]}
+        )
+    for name, value in weights[0].items():
+        assert torch.allclose(value, weights[1][name], atol=1e-5), name
