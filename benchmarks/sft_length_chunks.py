@@ -1,7 +1,9 @@
-"""SFT step time with ``SFTModule(length_chunks=k)`` on real arithmetic batches: k passes over rows of similar length.
+"""SFT step time with ``SFTModule(length_chunks=k)`` on real arithmetic batches: k passes over rows of similar length,
+and with ``SFTModule(padding_free=True)``: one pass over the real tokens packed into one row.
 
     .venv/bin/python benchmarks/sft_length_chunks.py                       # k = 1, 2, 3; 5 rounds of 30 batches
     .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 2 --rounds 9
+    .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 2 packed   # padding_free as a third setting
 
 Builds ``configs/arithmetic/sft.yaml``'s model (a fresh ``tiny-arithmetic`` Llama) and data (batch 64), takes the
 first ``--batches`` training batches, and times forward + backward + AdamW step per batch for each ``k``, the
@@ -27,7 +29,9 @@ from benchmarks.common import load_warning, machine_line, read_config, use_threa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/arithmetic/sft.yaml")
-    parser.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 3], help="length_chunks settings to compare")
+    parser.add_argument(
+        "--chunks", nargs="+", default=["1", "2", "3"], help="length_chunks settings; 'packed' = padding_free"
+    )
     parser.add_argument("--batches", type=int, default=30, help="training batches timed per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; each times every setting once")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -55,7 +59,11 @@ def main() -> None:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     print(f"{len(batches)} batches of {batches[0]['input_ids'].size(0)} rows, {real} real token positions")
-    for k in args.chunks:
+    settings = [k if k == "packed" else int(k) for k in args.chunks]
+    for k in settings:
+        if k == "packed":
+            print(f"padding_free: {real} positions computed, 0.0% of them padding")
+            continue
         cost = sum(len(r) * w for b in batches for r, w in length_chunks(b["attention_mask"].sum(dim=1), k))
         print(f"length_chunks={k}: {cost} positions computed, {1 - real / cost:.1%} of them padding")
 
@@ -65,23 +73,22 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
 
-    times: dict[int, list[float]] = {k: [] for k in args.chunks}
+    times: dict[int | str, list[float]] = {k: [] for k in settings}
     for _ in range(args.rounds):
-        for k in args.chunks:
-            module.hparams.length_chunks = k
+        for k in settings:
+            module.hparams.padding_free = k == "packed"
+            module.hparams.length_chunks = 1 if k == "packed" else k
             step(batches[0])  # warm-up
             start = time.perf_counter()
             for batch in batches:
                 step(batch)
             times[k].append((time.perf_counter() - start) / len(batches) * 1000)
-    base = statistics.median(times[args.chunks[0]])
-    for k in args.chunks:
+    base = statistics.median(times[settings[0]])
+    name = {k: "padding_free" if k == "packed" else f"length_chunks={k}" for k in settings}
+    for k in settings:
         median = statistics.median(times[k])
         runs = ", ".join(f"{t:.1f}" for t in times[k])
-        print(
-            f"length_chunks={k}: {median:.1f} ms/step median ({runs}); "
-            f"{base / median:.2f}x of length_chunks={args.chunks[0]}"
-        )
+        print(f"{name[k]}: {median:.1f} ms/step median ({runs}); {base / median:.2f}x of {name[settings[0]]}")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,24 @@ def test_select_rows_trims_prompt_and_response_columns_and_indexes_per_row_field
     assert picked.advantages.tolist() == [-1.0, 0.5]
 
 
+def weighted_backward(model, logprobs, entropy):
+    """Backward of a loss that weighs every position differently (a row or position mix-up changes the gradients);
+    returns ``(logprobs, entropy, gradients)``."""
+    model.zero_grad()
+    (logprobs * torch.linspace(0.5, 2.0, logprobs.numel()).view_as(logprobs)).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logprobs.detach(), entropy, grads
+
+
+def assert_same_logprobs_and_gradients(result, expected):
+    (logprobs, entropy, grads), (expected_logprobs, expected_entropy, expected_grads) = result, expected
+    torch.testing.assert_close(logprobs, expected_logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, expected_entropy, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == expected_grads.keys() and len(expected_grads) > 0
+    for name in expected_grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_shared_prompt_logprobs_and_gradients_equal_full_rows(kind, tmp_path):
     from lit_rlhf.rollout import shared_prompt_response_logprobs
@@ -135,27 +153,19 @@ def test_shared_prompt_logprobs_and_gradients_equal_full_rows(kind, tmp_path):
     response_ids = torch.randint(3, 40, (6, 5)) * response_mask + tokenizer.pad_token_id * ~response_mask
 
     def run(shared: bool):
-        model.zero_grad()
         if shared:
             args = (model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
             logprobs, entropy = shared_prompt_response_logprobs(*args, temperature=0.7, with_entropy=True)
         else:
             args = (model, prompt_ids[prompt_index], prompt_mask[prompt_index], response_ids, response_mask)
             logprobs, entropy = response_logprobs(*args, temperature=0.7, with_entropy=True)
-        # A loss that weighs every position differently, so that a row or position mix-up changes the gradients.
-        (logprobs * torch.linspace(0.5, 2.0, logprobs.numel()).view_as(logprobs)).sum().backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        return logprobs.detach(), entropy, grads
+        return weighted_backward(model, logprobs, entropy)
 
-    shared_logprobs, shared_entropy, shared_grads = run(True)
-    full_logprobs, full_entropy, full_grads = run(False)
+    shared = run(True)
+    shared_logprobs = shared[0]
     assert shared_logprobs.shape == response_ids.shape
     assert bool((shared_logprobs[response_mask] < 0).all()) and bool((shared_logprobs[~response_mask] == 0).all())
-    torch.testing.assert_close(shared_logprobs, full_logprobs, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(shared_entropy, full_entropy, atol=1e-5, rtol=1e-5)
-    assert shared_grads.keys() == full_grads.keys() and len(full_grads) > 0
-    for name in full_grads:
-        torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_logprobs_and_gradients(shared, run(False))
 
 
 def test_first_rows_gives_one_row_per_distinct_key():
@@ -250,23 +260,17 @@ def test_padding_free_logprobs_values_and_gradients_equal_padded_rows(kind, tmp_
     model.get_output_embeddings().register_forward_hook(lambda module, a, out: shapes.append(tuple(out.shape)))
 
     def run(padding_free: bool):
-        model.zero_grad()
         logprobs, entropy = response_logprobs(
             model, *args, temperature=0.7, with_entropy=True, padding_free=padding_free
         )
-        (logprobs * torch.linspace(0.5, 2.0, logprobs.numel()).view_as(logprobs)).sum().backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        return logprobs.detach(), entropy, grads
+        return weighted_backward(model, logprobs, entropy)
 
-    packed_logprobs, packed_entropy, packed_grads = run(True)
+    packed = run(True)
     assert shapes[-1][:2] == (1, 9)  # the logits of the 3 + 1 + 5 real response tokens only
-    padded_logprobs, padded_entropy, padded_grads = run(False)
+    padded = run(False)
+    packed_logprobs, padded_logprobs = packed[0], padded[0]
     assert bool((packed_logprobs[response_mask] < 0).all()) and bool((packed_logprobs[~response_mask] == 0).all())
-    torch.testing.assert_close(packed_logprobs, padded_logprobs, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(packed_entropy, padded_entropy, atol=1e-5, rtol=1e-5)
-    assert packed_grads.keys() == padded_grads.keys() and len(padded_grads) > 0
-    for name in padded_grads:
-        torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_logprobs_and_gradients(packed, padded)
 
     class NoLogitsToKeep(torch.nn.Module):  # takes extra keyword arguments, but not logits_to_keep
         def __init__(self, inner):

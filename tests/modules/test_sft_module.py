@@ -128,25 +128,28 @@ def test_rng_states_of_another_world_size_fall_back_to_rank_zero_with_a_warning(
     assert module._own_rng_states({"rng_states": own, "rng_states_per_rank": [own]}) is own
 
 
-def test_length_chunks_gives_the_loss_and_gradients_of_the_whole_batch(tmp_path):
+@pytest.mark.parametrize(
+    "option", [{"length_chunks": 3}, {"padding_free": True}], ids=["length_chunks", "padding_free"]
+)
+def test_chunked_and_padding_free_passes_give_the_loss_and_gradients_of_the_padded_batch(tmp_path, option):
     module, data, _ = make(tmp_path, max_steps=1)
     data.connect(module.tokenizer)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     lengths = batch["attention_mask"].sum(dim=1)
-    assert lengths.min() < lengths.max()  # rows of several lengths, so the chunks are cut shorter
-    results = {}
-    for chunks in (1, 3):
-        module.hparams.length_chunks = chunks
+    assert lengths.min() < lengths.max()  # rows of several lengths, so fewer positions are computed
+    results = []
+    for settings in ({"length_chunks": 1, "padding_free": False}, option):
+        module.hparams.update(settings)
         module.model.zero_grad()
         loss, stats = module._batch_loss(batch)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
-        results[chunks] = (loss.item(), stats.num_tokens.item(), stats.num_correct.item(), grads)
-    (loss, tokens, correct, grads), (chunk_loss, chunk_tokens, chunk_correct, chunk_grads) = results[1], results[3]
-    assert chunk_loss == pytest.approx(loss, rel=1e-6) and (chunk_tokens, chunk_correct) == (tokens, correct)
+        results.append((loss.item(), stats.num_tokens.item(), stats.num_correct.item(), grads))
+    (loss, tokens, correct, grads), (other_loss, other_tokens, other_correct, other_grads) = results
+    assert other_loss == pytest.approx(loss, rel=1e-6) and (other_tokens, other_correct) == (tokens, correct)
     for name, grad in grads.items():
-        torch.testing.assert_close(chunk_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(other_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_length_chunks_trains_and_refuses_bad_settings(tmp_path):
@@ -160,30 +163,6 @@ def test_length_chunks_trains_and_refuses_bad_settings(tmp_path):
     left = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
     with pytest.raises(ValueError, match="right-padded"):
         module._batch_loss({**left, "labels": left["input_ids"]})
-
-
-def test_padding_free_gives_the_loss_and_gradients_of_the_padded_batch(tmp_path):
-    module, data, _ = make(tmp_path, max_steps=1)
-    data.connect(module.tokenizer)
-    data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
-    lengths = batch["attention_mask"].sum(dim=1)
-    assert lengths.min() < lengths.max()  # rows of several lengths, so the packed row is shorter
-    results = {}
-    for padding_free in (False, True):
-        module.hparams.padding_free = padding_free
-        module.model.zero_grad()
-        loss, stats = module._batch_loss(batch)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
-        results[padding_free] = (loss.item(), stats.num_tokens.item(), stats.num_correct.item(), grads)
-    (loss, tokens, correct, grads), (packed_loss, packed_tokens, packed_correct, packed_grads) = (
-        results[False],
-        results[True],
-    )
-    assert packed_loss == pytest.approx(loss, rel=1e-6) and (packed_tokens, packed_correct) == (tokens, correct)
-    for name, grad in grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_padding_free_trains_and_refuses_bad_settings(tmp_path):
