@@ -31,6 +31,14 @@ PADDING_FREE_ATTENTION = "lit_rlhf_padding_free"
 _LAYOUT_KWARG = "lit_rlhf_packed_rows"
 
 
+class _PackedCall:
+    """What one packed forward hands its attention layers: the layout, and how many layers used it."""
+
+    def __init__(self, layout: PackedRows) -> None:
+        self.layout = layout
+        self.attention_calls = 0
+
+
 def _padding_free_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -43,11 +51,13 @@ def _padding_free_attention(
 ) -> tuple[torch.Tensor, None]:
     """Causal attention over packed rows: ``query`` ``(1, heads, num_tokens, head_dim)``, ``key``/``value``
     ``(1, kv_heads, num_tokens, head_dim)``; returns ``(1, num_tokens, heads, head_dim)``."""
-    layout: PackedRows | None = kwargs.pop(_LAYOUT_KWARG, None)
-    if layout is None:
+    call: _PackedCall | None = kwargs.pop(_LAYOUT_KWARG, None)
+    if call is None:
         raise RuntimeError(
             f"the {PADDING_FREE_ATTENTION!r} attention only runs inside lit_rlhf.models.padding_free.packed_forward"
         )
+    call.attention_calls += 1
+    layout = call.layout
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         raise ValueError("padding-free forward does not support attention soft-capping or attention sinks")
     window = kwargs.get("sliding_window")
@@ -129,16 +139,26 @@ def packed_forward(
     Returns:
         ``(outputs, layout)``: the model's outputs over one packed row (``logits`` ``(1, num_tokens, vocab)``)
         and the :class:`~lit_rlhf.functional.padding.PackedRows` that maps them back to the batch.
+
+    Raises:
+        ValueError: gradient checkpointing is on, the model is an encoder-decoder, or no attention layer of the
+            model went through the padding-free attention (custom attention code).
     """
     check_padding_free(model)
     layout = pack_rows(attention_mask) if layout is None else layout
     packed_ids = input_ids.flatten().index_select(0, layout.token_index).unsqueeze(0)
+    call = _PackedCall(layout)
     with _attention_swapped(model):
         outputs = model(
             input_ids=packed_ids,
             position_ids=layout.position_ids.unsqueeze(0),
             use_cache=False,
-            **{_LAYOUT_KWARG: layout},
+            **{_LAYOUT_KWARG: call},
             **kwargs,
+        )
+    if call.attention_calls == 0:  # its attention ran across the packed rows: the outputs are wrong
+        raise ValueError(
+            f"{type(model).__name__}'s attention layers do not dispatch through transformers' attention interface "
+            "(config._attn_implementation), so they cannot run padding-free; use padded batches"
         )
     return outputs, layout

@@ -99,3 +99,19 @@ def test_the_registered_attention_refuses_calls_outside_a_packed_forward():
     model.config._attn_implementation = PADDING_FREE_ATTENTION
     with pytest.raises(RuntimeError, match="packed_forward"):
         model(input_ids=torch.tensor([[3, 4, 5]]))
+
+
+def test_a_model_whose_attention_ignores_the_interface_is_refused():
+    class OwnAttention(torch.nn.Module):  # attends across the whole packed row: its outputs would be wrong
+        def __init__(self):
+            super().__init__()
+            self.config = LlamaConfig(**LLAMA)
+            self.embed = torch.nn.Embedding(40, 8)
+
+        def forward(self, input_ids, position_ids=None, use_cache=False, **kwargs):
+            hidden = self.embed(input_ids)
+            return torch.nn.functional.scaled_dot_product_attention(hidden, hidden, hidden, is_causal=True)
+
+    ids, mask = batch("right")
+    with pytest.raises(ValueError, match="attention interface"):
+        packed_forward(OwnAttention(), ids, mask)
