@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -15,6 +15,25 @@ from torch.optim.lr_scheduler import LambdaLR
 from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
 
 CHECKPOINT_KEY = "lit_rlhf"
+
+AdamWImplementation = Literal["for_loop", "foreach", "fused"]
+
+
+def adamw_flags(implementation: AdamWImplementation | None) -> dict[str, bool]:
+    """``torch.optim.AdamW``'s ``foreach``/``fused`` arguments for ``implementation``.
+
+    ``None`` leaves torch's choice (``foreach`` on CUDA, ``for_loop`` otherwise); ``fused`` is one kernel per step on
+    CPU and CUDA (what the Hugging Face Trainer uses by default, ``adamw_torch_fused``). All three compute AdamW; they
+    differ only in float rounding.
+    """
+    if implementation is None:
+        return {}
+    if implementation not in get_args(AdamWImplementation):
+        raise ValueError(
+            f"adamw_implementation must be one of {', '.join(get_args(AdamWImplementation))} or null, "
+            f"got {implementation!r}"
+        )
+    return {"foreach": implementation == "foreach", "fused": implementation == "fused"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -165,14 +184,17 @@ class RLHFModule(L.LightningModule):
         lr_schedule: ScheduleName,
         min_lr_ratio: float,
         total_steps: int,
+        implementation: AdamWImplementation | None = None,
     ) -> tuple[torch.optim.Optimizer, LambdaLR]:
-        """AdamW (no decay on biases and norms) with a warmup + decay schedule stepped once per optimizer step."""
+        """AdamW (no decay on biases and norms) with a warmup + decay schedule stepped once per optimizer step;
+        ``implementation`` as in :func:`adamw_flags`."""
         decay = [p for n, p in params if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in params if p.requires_grad and p.ndim < 2]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=learning_rate,
             betas=betas,
+            **adamw_flags(implementation),
         )
         scheduler = LambdaLR(
             optimizer,
@@ -182,7 +204,7 @@ class RLHFModule(L.LightningModule):
 
     def model_optimizer(self, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
         """:meth:`build_optimizer` over ``self.model`` from the hyperparameters the modules share (``learning_rate``,
-        ``weight_decay``, ``betas``, ``warmup_steps``, ``lr_schedule``, ``min_lr_ratio``)."""
+        ``weight_decay``, ``betas``, ``warmup_steps``, ``lr_schedule``, ``min_lr_ratio``, ``adamw_implementation``)."""
         hp = self.hparams
         return self.build_optimizer(
             list(self.model.named_parameters()),
@@ -193,6 +215,7 @@ class RLHFModule(L.LightningModule):
             lr_schedule=hp.lr_schedule,
             min_lr_ratio=hp.min_lr_ratio,
             total_steps=total_steps,
+            implementation=hp.adamw_implementation,
         )
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.shared_prompt import first_rows
+from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rewards.rules import WeightedSumReward
@@ -67,6 +68,8 @@ class GRPOModule(OnlineRLModule):
             ``flash_attention_2``, ...); ``null`` lets transformers choose.
         learning_rate, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio: AdamW and its schedule (per
             optimizer step).
+        adamw_implementation: ``fused`` (one kernel per step, CPU and CUDA; the Hugging Face Trainer's default),
+            ``foreach`` or ``for_loop``; ``null`` leaves torch's choice (``foreach`` on CUDA, ``for_loop`` on CPU).
         num_generations: samples per prompt ``G`` (>= 2).
         max_new_tokens, temperature, top_k, top_p: sampling.
         beta: KL coefficient (k3 estimator); 0 skips the reference model.
@@ -111,6 +114,7 @@ class GRPOModule(OnlineRLModule):
         warmup_steps: int = 0,
         lr_schedule: ScheduleName = "constant",
         min_lr_ratio: float = 0.0,
+        adamw_implementation: AdamWImplementation | None = None,
         num_generations: int = 8,
         max_new_tokens: int = 32,
         temperature: float = 1.0,
@@ -132,6 +136,7 @@ class GRPOModule(OnlineRLModule):
         num_logged_samples: int = 8,
     ) -> None:
         super().__init__()
+        adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         if num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 (a group needs a baseline), got {num_generations}")
         if num_iterations < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:

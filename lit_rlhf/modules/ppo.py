@@ -17,6 +17,7 @@ from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.models.scoring import load_reward_model
+from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rollout import response_logprobs, response_values, select_rows
@@ -67,6 +68,8 @@ class PPOModule(OnlineRLModule):
             ``flash_attention_2``, ...); ``null`` lets transformers choose.
         actor_learning_rate, critic_learning_rate: peak AdamW learning rates.
         weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio: optimizer and schedule (per optimizer step).
+        adamw_implementation: ``fused`` (one kernel per step, CPU and CUDA; the Hugging Face Trainer's default),
+            ``foreach`` or ``for_loop``; ``null`` leaves torch's choice (``foreach`` on CUDA, ``for_loop`` on CPU).
         max_new_tokens: response length limit of rollouts and validation.
         temperature, top_k, top_p: rollout sampling.
         kl_coef: initial coefficient of the per-token KL penalty.
@@ -103,6 +106,7 @@ class PPOModule(OnlineRLModule):
         warmup_steps: int = 0,
         lr_schedule: ScheduleName = "constant",
         min_lr_ratio: float = 0.0,
+        adamw_implementation: AdamWImplementation | None = None,
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -125,6 +129,7 @@ class PPOModule(OnlineRLModule):
         num_logged_samples: int = 8,
     ) -> None:
         super().__init__()
+        adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         if ppo_epochs < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
             raise ValueError(
                 "ppo_epochs, num_minibatches and gradient_accumulation_steps must be >= 1; got "
@@ -319,6 +324,7 @@ class PPOModule(OnlineRLModule):
             "lr_schedule": hp.lr_schedule,
             "min_lr_ratio": hp.min_lr_ratio,
             "total_steps": total,
+            "implementation": hp.adamw_implementation,
         }
         actor, actor_sched = self.build_optimizer(
             list(self.model.named_parameters()), learning_rate=hp.actor_learning_rate, **common

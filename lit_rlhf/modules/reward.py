@@ -21,7 +21,7 @@ from lit_rlhf.models.scoring import (
     shared_prompt_token_scores,
     token_scores,
 )
-from lit_rlhf.modules.base import RLHFModule
+from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
 from lit_rlhf.tables import log_text, markdown_table
 
 
@@ -69,6 +69,8 @@ class RewardModule(RLHFModule):
         warmup_steps: linear warmup steps.
         lr_schedule: ``cosine``, ``linear`` or ``constant`` after warmup, over ``trainer.max_steps``.
         min_lr_ratio: floor of the decay as a fraction of ``learning_rate``.
+        adamw_implementation: ``fused`` (one kernel per step, CPU and CUDA; the Hugging Face Trainer's default),
+            ``foreach`` or ``for_loop``; ``null`` leaves torch's choice (``foreach`` on CUDA, ``for_loop`` on CPU).
         num_logged_pairs: rows of the sample table written each validation.
     """
 
@@ -93,9 +95,11 @@ class RewardModule(RLHFModule):
         warmup_steps: int = 0,
         lr_schedule: ScheduleName = "cosine",
         min_lr_ratio: float = 0.0,
+        adamw_implementation: AdamWImplementation | None = None,
         num_logged_pairs: int = 8,
     ) -> None:
         super().__init__()
+        adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         self.save_hyperparameters()
         source = tokenizer_name_or_path or model_name_or_path
         self.tokenizer = load_tokenizer(source, pad_with_eos=False, trust_remote_code=trust_remote_code)

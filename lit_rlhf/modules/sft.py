@@ -13,7 +13,7 @@ from lit_rlhf.functional.sft import SFTStats, num_target_tokens, packed_labels, 
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.models.padding_free import check_padding_free, packed_forward
-from lit_rlhf.modules.base import RLHFModule
+from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
 from lit_rlhf.tables import log_text, markdown_table
 
 
@@ -50,6 +50,8 @@ class SFTModule(RLHFModule):
         lr_schedule: ``cosine``, ``linear`` or ``constant`` after warmup, over ``trainer.max_steps`` (or the
             estimated number of steps).
         min_lr_ratio: floor of the decay as a fraction of ``learning_rate``.
+        adamw_implementation: ``fused`` (one kernel per step, CPU and CUDA; the Hugging Face Trainer's default),
+            ``foreach`` or ``for_loop``; ``null`` leaves torch's choice (``foreach`` on CUDA, ``for_loop`` on CPU).
         max_new_tokens: generation length for validation samples.
         generate_val_batches: validation batches to generate for (gold metrics, samples); ``null`` = all, 0 = none.
         num_logged_samples: rows of the sample table written each validation.
@@ -72,11 +74,13 @@ class SFTModule(RLHFModule):
         warmup_steps: int = 0,
         lr_schedule: ScheduleName = "cosine",
         min_lr_ratio: float = 0.0,
+        adamw_implementation: AdamWImplementation | None = None,
         max_new_tokens: int = 64,
         generate_val_batches: int | None = None,
         num_logged_samples: int = 8,
     ) -> None:
         super().__init__()
+        adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         if length_chunks < 1:
             raise ValueError(f"length_chunks must be >= 1, got {length_chunks}")
         if padding_free and length_chunks > 1:
