@@ -4,17 +4,24 @@ and with ``SFTModule(padding_free=True)``: one pass over the real tokens packed 
     .venv/bin/python benchmarks/sft_length_chunks.py                       # k = 1, 2, 3; 5 rounds of 30 batches
     .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 2 --rounds 9
     .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 2 packed   # padding_free as a third setting
+    .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 packed_all_logits packed \
+        --model-config '{"vocab_size": 49152}'     # the LM head over every packed position, and only where needed
 
 Builds ``configs/arithmetic/sft.yaml``'s model (a fresh ``tiny-arithmetic`` Llama) and data (batch 64), takes the
 first ``--batches`` training batches, and times forward + backward + AdamW step per batch for each ``k``, the
 settings alternating round by round so that drifts of the machine's speed hit all of them alike. Prints the share
 of pad positions each ``k`` leaves and the median milliseconds per step, with each ``k``'s speed-up over ``k = 1``
 (ratio of medians). Only the training step is timed: data loading, logging and validation are not.
+``packed`` computes the LM head only where a response token is predicted (``logits_to_keep``);
+``packed_all_logits`` is the same packed pass with the LM head over every position. ``--model-config`` overrides the
+model's ``LlamaConfig`` fields (e.g. a real tokenizer's vocabulary size, or another shape); ``--adamw-implementation``
+picks the optimizer's kernel.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -30,8 +37,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/arithmetic/sft.yaml")
     parser.add_argument(
-        "--chunks", nargs="+", default=["1", "2", "3"], help="length_chunks settings; 'packed' = padding_free"
+        "--chunks",
+        nargs="+",
+        default=["1", "2", "3"],
+        help="length_chunks settings; 'packed' = padding_free; 'packed_all_logits' = padding_free, LM head everywhere",
     )
+    parser.add_argument("--model-config", type=json.loads, default=None, help="JSON of LlamaConfig overrides")
+    parser.add_argument("--adamw-implementation", default=None, choices=["for_loop", "foreach", "fused"])
     parser.add_argument("--batches", type=int, default=30, help="training batches timed per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; each times every setting once")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -40,9 +52,11 @@ def main() -> None:
     import lightning as L
     import torch
 
+    import lit_rlhf.modules.sft as sft_module
     from lit_rlhf.data import ArithmeticDataModule
     from lit_rlhf.functional.padding import length_chunks
     from lit_rlhf.modules import SFTModule
+    from lit_rlhf.modules.base import adamw_flags
 
     print(machine_line())
     warning = load_warning()
@@ -50,19 +64,25 @@ def main() -> None:
         print(warning)
     config = read_config(args.config)
     L.seed_everything(config.get("seed_everything", 0))
-    module = SFTModule(model_name_or_path=config["model"]["init_args"]["model_name_or_path"])
+    module = SFTModule(
+        model_name_or_path=config["model"]["init_args"]["model_name_or_path"], model_config=args.model_config
+    )
+    parameters = sum(p.numel() for p in module.parameters())
+    print(f"model: {parameters / 1e6:.1f}M parameters, vocabulary {module.model.config.vocab_size}")
     data = ArithmeticDataModule(**config["data"]["init_args"])
     data.connect(module.tokenizer)
     data.setup("fit")
     loader = iter(data.train_dataloader())
     batches = [next(loader) for _ in range(args.batches)]
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5, **adamw_flags(args.adamw_implementation))
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     print(f"{len(batches)} batches of {batches[0]['input_ids'].size(0)} rows, {real} real token positions")
-    settings = [k if k == "packed" else int(k) for k in args.chunks]
+    packed = ("packed", "packed_all_logits")
+    settings = [k if k in packed else int(k) for k in args.chunks]
+    keeps_logits = sft_module.takes_logits_to_keep
     for k in settings:
-        if k == "packed":
-            print(f"padding_free: {real} positions computed, 0.0% of them padding")
+        if k in packed:
+            print(f"{k}: {real} positions computed, 0.0% of them padding")
             continue
         cost = sum(len(r) * w for b in batches for r, w in length_chunks(b["attention_mask"].sum(dim=1), k))
         print(f"length_chunks={k}: {cost} positions computed, {1 - real / cost:.1%} of them padding")
@@ -76,15 +96,17 @@ def main() -> None:
     times: dict[int | str, list[float]] = {k: [] for k in settings}
     for _ in range(args.rounds):
         for k in settings:
-            module.hparams.padding_free = k == "packed"
-            module.hparams.length_chunks = 1 if k == "packed" else k
+            module.hparams.padding_free = k in packed
+            module.hparams.length_chunks = 1 if k in packed else k
+            sft_module.takes_logits_to_keep = (lambda model: False) if k == "packed_all_logits" else keeps_logits
             step(batches[0])  # warm-up
             start = time.perf_counter()
             for batch in batches:
                 step(batch)
             times[k].append((time.perf_counter() - start) / len(batches) * 1000)
     base = statistics.median(times[settings[0]])
-    name = {k: "padding_free" if k == "packed" else f"length_chunks={k}" for k in settings}
+    name = {"packed": "padding_free", "packed_all_logits": "padding_free, LM head everywhere"}
+    name = {k: name.get(k, f"length_chunks={k}") for k in settings}
     for k in settings:
         median = statistics.median(times[k])
         runs = ", ".join(f"{t:.1f}" for t in times[k])

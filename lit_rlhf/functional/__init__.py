@@ -24,7 +24,14 @@ from lit_rlhf.functional.ppo import (
 )
 from lit_rlhf.functional.reward import RewardStats, bradley_terry_loss, last_token_index
 from lit_rlhf.functional.schedules import warmup_decay_factor
-from lit_rlhf.functional.sft import SFTStats, num_target_tokens, packed_labels, sft_loss
+from lit_rlhf.functional.sft import (
+    SFTStats,
+    num_target_tokens,
+    packed_labels,
+    packed_targets,
+    sft_loss,
+    token_cross_entropy,
+)
 from lit_rlhf.functional.winrate import WinRateStats, bootstrap_ci, normal_ci, order_scores, pair_scores, win_rate_stats
 
 __all__ = [
@@ -60,6 +67,7 @@ __all__ = [
     "order_scores",
     "pack_rows",
     "packed_labels",
+    "packed_targets",
     "pad_left",
     "pad_right",
     "pair_scores",
@@ -69,6 +77,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "sft_loss",
+    "token_cross_entropy",
     "warmup_decay_factor",
     "win_rate_stats",
 ]

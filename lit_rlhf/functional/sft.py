@@ -51,6 +51,45 @@ def packed_labels(labels: torch.Tensor, layout: PackedRows, ignore_index: int = 
     return packed
 
 
+def packed_targets(
+    labels: torch.Tensor, layout: PackedRows, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a packed row's logits predict a supervised token, and that token: the only logits an SFT loss needs.
+
+    Args:
+        labels: ``(batch, seq_len)`` as for :func:`sft_loss`.
+        layout: :func:`~lit_rlhf.functional.padding.pack_rows` of the batch's attention mask.
+        ignore_index: label value to skip.
+
+    Returns:
+        ``(positions, targets)``, both ``(num_targets,)``: packed position ``positions[i]`` predicts ``targets[i]``
+        (the next packed label, never a row's first one: see :func:`packed_labels`).
+    """
+    following = packed_labels(labels, layout, ignore_index)[1:]
+    positions = (following != ignore_index).nonzero().squeeze(1)
+    return positions, following[positions]
+
+
+def token_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    normalizer: torch.Tensor | int | None = None,
+) -> tuple[torch.Tensor, SFTStats]:
+    """Cross-entropy of ``logits`` ``(num_positions, vocab)`` against ``targets`` ``(num_positions,)``, summed over
+    the targets that are not ``ignore_index`` and divided by their count (or by ``normalizer``; see
+    :func:`sft_loss`). Computed in float32. Returns ``(loss, stats)`` as :func:`sft_loss`."""
+    logits = logits.float()
+    loss_sum = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    supervised = targets != ignore_index
+    num_tokens = supervised.sum()
+    denominator = num_tokens if normalizer is None else normalizer
+    loss = loss_sum / (denominator.clamp(min=1) if torch.is_tensor(denominator) else max(denominator, 1))
+    with torch.no_grad():
+        num_correct = ((logits.argmax(dim=-1) == targets) & supervised).sum()
+    return loss, SFTStats(loss=loss.detach(), num_tokens=num_tokens, num_correct=num_correct)
+
+
 def sft_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -74,18 +113,6 @@ def sft_loss(
     Returns:
         ``(loss, stats)``: the scalar loss to differentiate and detached :class:`SFTStats`.
     """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    loss_sum = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=ignore_index,
-        reduction="sum",
+    return token_cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index, normalizer
     )
-    supervised = shift_labels != ignore_index
-    num_tokens = supervised.sum()
-    denominator = num_tokens if normalizer is None else normalizer
-    loss = loss_sum / (denominator.clamp(min=1) if torch.is_tensor(denominator) else max(denominator, 1))
-    with torch.no_grad():
-        num_correct = ((shift_logits.argmax(dim=-1) == shift_labels) & supervised).sum()
-    return loss, SFTStats(loss=loss.detach(), num_tokens=num_tokens, num_correct=num_correct)

@@ -59,14 +59,18 @@ def build_tiny_llama(tokenizer: PreTrainedTokenizerFast, overrides: dict[str, An
 
     Args:
         tokenizer: gives the vocabulary size and the pad/bos/eos ids.
-        overrides: ``LlamaConfig`` fields to change from :data:`TINY_LLAMA_DEFAULTS`.
+        overrides: ``LlamaConfig`` fields to change from :data:`TINY_LLAMA_DEFAULTS`; ``vocab_size`` may be larger
+            than the tokenizer's (as in real models, whose embedding tables are rounded up), not smaller.
 
     Returns:
         The model, in float32 and train mode.
     """
     fields = {**TINY_LLAMA_DEFAULTS, **(overrides or {})}
+    vocab_size = fields.pop("vocab_size", len(tokenizer))
+    if vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -7,13 +7,14 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
-from lit_rlhf.functional.padding import length_chunks
+from lit_rlhf.functional.padding import length_chunks, pack_rows
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.functional.sft import SFTStats, num_target_tokens, packed_labels, sft_loss
+from lit_rlhf.functional.sft import SFTStats, num_target_tokens, packed_targets, sft_loss, token_cross_entropy
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.models.padding_free import check_padding_free, packed_forward
 from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
+from lit_rlhf.rollout import takes_logits_to_keep
 from lit_rlhf.tables import log_text, markdown_table
 
 
@@ -41,8 +42,9 @@ class SFTModule(RLHFModule):
             rounding); only pad positions are skipped. 1 = one pass over the padded batch.
         padding_free: run each training batch as one packed row of its real tokens
             (:func:`~lit_rlhf.models.padding_free.packed_forward`): no position is spent on padding, on any
-            attention kernel (CPU included); the loss and gradient are the batch's (up to float rounding). Not with
-            ``length_chunks > 1`` or ``gradient_checkpointing``.
+            attention kernel (CPU included), and the LM head runs only where a response token is predicted; the
+            loss and gradient are the batch's (up to float rounding). Not with ``length_chunks > 1`` or
+            ``gradient_checkpointing``.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and norms).
         betas: AdamW betas.
@@ -122,8 +124,7 @@ class SFTModule(RLHFModule):
     def _batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, SFTStats]:
         """The batch's :func:`sft_loss`: one pass, one packed pass, or ``length_chunks`` passes over its rows."""
         if self.hparams.padding_free:
-            outputs, layout = packed_forward(self.model, batch["input_ids"], batch["attention_mask"])
-            return sft_loss(outputs.logits, packed_labels(batch["labels"], layout).unsqueeze(0))
+            return self._packed_batch_loss(batch)
         if self.hparams.length_chunks == 1:
             return sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
         mask = batch["attention_mask"]
@@ -137,6 +138,20 @@ class SFTModule(RLHFModule):
             chunk_loss, stats = sft_loss(logits, batch["labels"][rows, :width], normalizer=total)
             loss, num_correct = loss + chunk_loss, num_correct + stats.num_correct
         return loss, SFTStats(loss=loss.detach(), num_tokens=total, num_correct=num_correct)
+
+    def _packed_batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, SFTStats]:
+        """:func:`sft_loss` of the batch from one packed pass over its real tokens, with the LM head (and the
+        cross-entropy) only at the positions that predict a supervised token, where the model takes
+        ``logits_to_keep`` (Hugging Face decoders do): prompt positions cost no ``vocab``-wide logits."""
+        layout = pack_rows(batch["attention_mask"])
+        positions, targets = packed_targets(batch["labels"], layout)
+        if takes_logits_to_keep(self.model):
+            outputs, _ = packed_forward(
+                self.model, batch["input_ids"], batch["attention_mask"], layout, logits_to_keep=positions
+            )
+            return token_cross_entropy(outputs.logits[0], targets)
+        outputs, _ = packed_forward(self.model, batch["input_ids"], batch["attention_mask"], layout)
+        return token_cross_entropy(outputs.logits[0, positions], targets)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])

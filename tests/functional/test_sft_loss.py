@@ -8,7 +8,9 @@ from lit_rlhf.functional import (
     num_target_tokens,
     pack_rows,
     packed_labels,
+    packed_targets,
     sft_loss,
+    token_cross_entropy,
 )
 
 
@@ -97,3 +99,45 @@ def test_sft_loss_on_packed_rows_equals_the_padded_batch():
         stats.num_tokens.item(),
         stats.num_correct.item(),
     )
+
+
+def test_packed_targets_by_hand():
+    x = IGNORE_INDEX
+    labels = torch.tensor([[7, 8, 9, x], [x, x, 5, 6]])
+    layout = pack_rows(torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]]))
+    # Packed labels [x, 8, 9, x, 5, 6] (above): position t predicts label t + 1, so positions 0, 1 (row 0's 7, 8)
+    # predict 8, 9; position 2 (row 0's last token) predicts nothing; positions 3, 4 predict 5, 6.
+    positions, targets = packed_targets(labels, layout)
+    assert positions.tolist() == [0, 1, 3, 4]
+    assert targets.tolist() == [8, 9, 5, 6]
+
+
+def test_token_cross_entropy_by_hand():
+    # Two targets: logits [ln 3, 0] for token 0 (cost -ln 3/4, right) and uniform over 2 for token 1 (cost ln 2;
+    # argmax picks token 0: wrong). A third position is ignored.
+    logits = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0], [50.0, -50.0]])
+    loss, stats = token_cross_entropy(logits, torch.tensor([0, 1, IGNORE_INDEX]))
+    assert math.isclose(loss.item(), (-math.log(0.75) + math.log(2.0)) / 2, rel_tol=1e-6)
+    assert (stats.num_tokens.item(), stats.num_correct.item()) == (2, 1)
+    halved, _ = token_cross_entropy(logits, torch.tensor([0, 1, IGNORE_INDEX]), normalizer=4)
+    assert math.isclose(halved.item(), loss.item() / 2, rel_tol=1e-6)
+
+
+def test_loss_on_the_kept_packed_logits_equals_the_padded_batch():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    labels = torch.randint(0, 5, (3, 6))
+    labels[:, :2] = IGNORE_INDEX
+    labels[mask == 0] = IGNORE_INDEX
+    logits = torch.randn(3, 6, 5)
+    layout = pack_rows(mask)
+    positions, targets = packed_targets(labels, layout)
+    kept = logits.flatten(0, 1)[layout.token_index][positions]
+    loss, stats = sft_loss(logits, labels)
+    kept_loss, kept_stats = token_cross_entropy(kept, targets)
+    assert math.isclose(kept_loss.item(), loss.item(), rel_tol=1e-6)
+    assert (kept_stats.num_tokens.item(), kept_stats.num_correct.item()) == (
+        stats.num_tokens.item(),
+        stats.num_correct.item(),
+    )
+    assert positions.numel() == stats.num_tokens.item()  # one logit row per target, none for prompts or row ends

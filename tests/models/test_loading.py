@@ -15,6 +15,14 @@ def test_builtin_model_and_tokenizer_need_no_download():
     assert tok.decode(tok("make a series 5 7")["input_ids"]) == "make a series 5 7"
 
 
+def test_builtin_model_takes_a_larger_vocabulary_not_a_smaller_one():
+    tok = load_tokenizer(TINY_ARITHMETIC)
+    model = load_causal_lm(TINY_ARITHMETIC, tok, config_overrides={**TINY_MODEL_CONFIG, "vocab_size": 1024})
+    assert model.get_output_embeddings().out_features == 1024 and len(tok) < 1024
+    with pytest.raises(ValueError, match=f"vocab_size 8 is smaller than the tokenizer's {len(tok)} tokens"):
+        load_causal_lm(TINY_ARITHMETIC, tok, config_overrides={**TINY_MODEL_CONFIG, "vocab_size": 8})
+
+
 def test_saved_builtin_round_trips_through_auto_classes(tmp_path):
     tok = load_tokenizer(TINY_ARITHMETIC)
     load_causal_lm(TINY_ARITHMETIC, tok, config_overrides=TINY_MODEL_CONFIG).save_pretrained(tmp_path)

@@ -129,9 +129,15 @@ def test_rng_states_of_another_world_size_fall_back_to_rank_zero_with_a_warning(
 
 
 @pytest.mark.parametrize(
-    "option", [{"length_chunks": 3}, {"padding_free": True}], ids=["length_chunks", "padding_free"]
+    "option, keeps_logits",
+    [({"length_chunks": 3}, True), ({"padding_free": True}, True), ({"padding_free": True}, False)],
+    ids=["length_chunks", "padding_free", "padding_free_all_logits"],
 )
-def test_chunked_and_padding_free_passes_give_the_loss_and_gradients_of_the_padded_batch(tmp_path, option):
+def test_chunked_and_padding_free_passes_give_the_loss_and_gradients_of_the_padded_batch(
+    tmp_path, monkeypatch, option, keeps_logits
+):
+    """Also for a model without ``logits_to_keep``, where the packed pass computes every position's logits."""
+    monkeypatch.setattr("lit_rlhf.modules.sft.takes_logits_to_keep", lambda model: keeps_logits)
     module, data, _ = make(tmp_path, max_steps=1)
     data.connect(module.tokenizer)
     data.setup("fit")
@@ -150,6 +156,19 @@ def test_chunked_and_padding_free_passes_give_the_loss_and_gradients_of_the_padd
     assert other_loss == pytest.approx(loss, rel=1e-6) and (other_tokens, other_correct) == (tokens, correct)
     for name, grad in grads.items():
         torch.testing.assert_close(other_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_padding_free_runs_the_lm_head_only_where_a_response_token_is_predicted(tmp_path):
+    module, data, _ = make(tmp_path, max_steps=1)
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module.hparams.padding_free = True
+    head_rows = []
+    module.model.get_output_embeddings().register_forward_hook(lambda m, i, o: head_rows.append(i[0].shape[:-1]))
+    _, stats = module._batch_loss(batch)
+    real_tokens = int(batch["attention_mask"].sum())
+    assert head_rows == [torch.Size([1, int(stats.num_tokens)])] and int(stats.num_tokens) < real_tokens
 
 
 def test_length_chunks_trains_and_refuses_bad_settings(tmp_path):
