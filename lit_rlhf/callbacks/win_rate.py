@@ -124,6 +124,14 @@ class WinRateCallback(L.Callback):
         if trainer.is_global_zero and self._reference is None and self.module_reference(pl_module) is None:
             self._reference = self.load_reference(pl_module)
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning has moved the module back to the CPU by now; the judge and a reference of our own follow it, so
+        # they hold no accelerator memory after the run.
+        with torch.inference_mode(False):
+            self.judge.to(pl_module.device)
+            if self._reference is not None:
+                self._reference.to(pl_module.device)
+
     @staticmethod
     def load_reference(pl_module: L.LightningModule) -> torch.nn.Module:
         """The reference as the module loads its policy: from ``policy_name_or_path`` (or ``model_name_or_path``)

@@ -9,7 +9,8 @@ from typing import Any, Literal, get_args
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 
 from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
@@ -201,6 +202,45 @@ class RLHFModule(L.LightningModule):
             lambda step: warmup_decay_factor(step, warmup_steps, total_steps, lr_schedule, min_lr_ratio),
         )
         return optimizer, scheduler
+
+    def clip_optimizer_gradients(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``self.clip_gradients``, which also works for a fused optimizer under ``bf16-mixed``.
+
+        Lightning's mixed-precision plugin refuses to clip the gradients of any optimizer that unscales them inside
+        its own step (``fused`` AdamW), because under ``16-mixed`` they are still multiplied by the loss scale when
+        clipping would run. ``bf16-mixed`` has no loss scale, so here they are clipped as under full precision.
+        Under ``16-mixed`` the combination is refused with a message that says what to change.
+        """
+        plugin = self.trainer.precision_plugin
+        inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch optimizer
+        unscales_itself = getattr(inner, "_step_supports_amp_scaling", False)
+        if not (gradient_clip_val and unscales_itself and isinstance(plugin, MixedPrecision)):
+            self.clip_gradients(
+                optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+            )
+            return
+        if plugin.scaler is not None:
+            raise ValueError(
+                f"adamw_implementation: fused cannot have its gradients clipped under precision {plugin.precision}: "
+                "the loss scaler unscales them inside the fused step, after clipping. Use bf16-mixed, "
+                "adamw_implementation: foreach, or no gradient clipping"
+            )
+        algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+        Precision.clip_gradients(plugin, inner, gradient_clip_val, algorithm)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``trainer.gradient_clip_val`` under automatic optimization, by :meth:`clip_optimizer_gradients`."""
+        self.clip_optimizer_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def model_optimizer(self, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
         """:meth:`build_optimizer` over ``self.model`` from the hyperparameters the modules share (``learning_rate``,

@@ -74,12 +74,21 @@ class OnlineRLModule(RLHFModule):
             )
 
     def on_fit_start(self) -> None:
+        self._move_frozen_to_module_device()
+
+    on_validation_start = on_fit_start
+
+    def teardown(self, stage: str) -> None:
+        # After a run Lightning moves the module back to the CPU; the frozen models and the reward source, kept out
+        # of the module's parameters (and checkpoints), follow it, so they hold no accelerator memory afterwards.
+        self._move_frozen_to_module_device()
+
+    def _move_frozen_to_module_device(self) -> None:
+        """Put the frozen models (reference, reward model) and the reward source on the module's device."""
         for frozen in self._frozen.values():
             frozen.to(self.device)
         if hasattr(self.reward, "to"):
             self.reward.to(self.device)
-
-    on_validation_start = on_fit_start
 
     def score(
         self, rows: list[dict[str, Any]], completions: list[str], finished: list[bool]
@@ -123,7 +132,7 @@ class OnlineRLModule(RLHFModule):
                     stats[name] = stats.get(name, 0.0) + float(value.detach()) * weight
         self._average_gradients(module)
         if max_grad_norm is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+            self.clip_optimizer_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         scheduler.step()
         return stats

@@ -90,3 +90,68 @@ def test_ppo_actor_and_critic_train_with_the_fused_kernel(tmp_path, policy_dir):
     actor, critic = trainer.optimizers
     assert kernel_of(actor) == kernel_of(critic) == (False, True)
     assert ppo.iteration == 1 and all(state["step"] == 1 for state in actor.state.values())
+
+
+def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
+    """Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients; bf16-mixed has no loss
+    scale, so lit_rlhf clips them (SFT: trainer.gradient_clip_val; PPO: max_grad_norm, clipped by the module)."""
+    L.seed_everything(0)
+    sft = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2, adamw_implementation="fused")
+    trainer = L.Trainer(
+        max_steps=2,
+        default_root_dir=tmp_path,
+        precision="bf16-mixed",
+        gradient_clip_val=1e-3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(sft, ArithmeticDataModule(num_train=64, num_val=8, batch_size=32))
+    assert trainer.global_step == 2
+    for p in sft.parameters():  # the same clipping, on gradients whose norm is known
+        p.grad = torch.full_like(p, 1.0)
+    sft.clip_optimizer_gradients(trainer.optimizers[0], 1e-3, "norm")
+    assert torch.nn.utils.get_total_norm([p.grad for p in sft.parameters()]).item() == pytest.approx(1e-3, rel=1e-3)
+
+    ppo = PPOModule(
+        ArithmeticVerifierReward(),
+        policy_name_or_path=policy_dir,
+        max_new_tokens=6,
+        ppo_epochs=1,
+        max_grad_norm=0.5,
+        adamw_implementation="fused",
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        default_root_dir=tmp_path / "ppo",
+        precision="bf16-mixed",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
+    assert ppo.iteration == 1
+
+
+def test_fused_kernel_with_a_loss_scaler_and_clipping_is_refused_with_what_to_change(tmp_path):
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module = SFTModule(model_config=TINY_MODEL_CONFIG, adamw_implementation="fused")
+    trainer = L.Trainer(
+        max_steps=1,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))],
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(ValueError, match="fused cannot have its gradients clipped under precision 16-mixed"):
+        trainer.fit(module, ArithmeticDataModule(num_train=32, num_val=8, batch_size=16))
