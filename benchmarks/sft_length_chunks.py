@@ -6,6 +6,7 @@ and with ``SFTModule(padding_free=True)``: one pass over the real tokens packed 
     .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 2 packed   # padding_free as a third setting
     .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 packed_all_logits packed \
         --model-config '{"vocab_size": 49152}'     # the LM head over every packed position, and only where needed
+    python benchmarks/sft_length_chunks.py --device cuda --bf16 --chunks 1 packed_all_logits packed --model-config ...
 
 Builds ``configs/arithmetic/sft.yaml``'s model (a fresh ``tiny-arithmetic`` Llama) and data (batch 64), takes the
 first ``--batches`` training batches, and times forward + backward + AdamW step per batch for each ``k``, the
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30, help="training batches timed per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; each times every setting once")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timed with torch.cuda.synchronize())")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as trainer.precision bf16-mixed does")
     args = parser.parse_args()
     use_threads(args.threads)
     import lightning as L
@@ -73,7 +76,12 @@ def main() -> None:
     data.connect(module.tokenizer)
     data.setup("fit")
     loader = iter(data.train_dataloader())
-    batches = [next(loader) for _ in range(args.batches)]
+    batches = [
+        {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in next(loader).items()}
+        for _ in range(args.batches)
+    ]
+    module.to(args.device)
+    synchronize = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5, **adamw_flags(args.adamw_implementation))
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     print(f"{len(batches)} batches of {batches[0]['input_ids'].size(0)} rows, {real} real token positions")
@@ -88,7 +96,8 @@ def main() -> None:
         print(f"length_chunks={k}: {cost} positions computed, {1 - real / cost:.1%} of them padding")
 
     def step(batch: dict) -> None:
-        loss, _ = module._batch_loss(batch)
+        with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+            loss, _ = module._batch_loss(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -100,9 +109,11 @@ def main() -> None:
             module.hparams.length_chunks = 1 if k in packed else k
             sft_module.takes_logits_to_keep = (lambda model: False) if k == "packed_all_logits" else keeps_logits
             step(batches[0])  # warm-up
+            synchronize()
             start = time.perf_counter()
             for batch in batches:
                 step(batch)
+            synchronize()
             times[k].append((time.perf_counter() - start) / len(batches) * 1000)
     base = statistics.median(times[settings[0]])
     name = {"packed": "padding_free", "packed_all_logits": "padding_free, LM head everywhere"}
