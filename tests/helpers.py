@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import lightning as L
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tokenizers import decoders as tk_decoders
@@ -28,6 +29,18 @@ SFT_METRICS = (
     "val/eos_rate",
 )
 """Every scalar the SFT module logs on the arithmetic task."""
+
+
+def quiet_trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
+    """A Trainer for tests: ``max_steps`` under ``tmp_path``, no logger, progress bar, summary or checkpoints."""
+    options = {
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        **kwargs,
+    }
+    return L.Trainer(max_steps=max_steps, default_root_dir=tmp_path, **options)
 
 
 def save_tiny_gpt2(path: str, texts: list[str]) -> str:

@@ -20,7 +20,7 @@ from lit_rlhf.models import load_tokenizer
 from lit_rlhf.modules import PPOModule, RewardModule, SFTModule
 from lit_rlhf.rewards import FunctionReward
 from tests.conftest import FIXTURES
-from tests.helpers import save_tiny_gpt2
+from tests.helpers import quiet_trainer, save_tiny_gpt2
 
 SFT_ROWS = os.path.join(FIXTURES, "tldr", "sft.jsonl")
 COMPARISONS = os.path.join(FIXTURES, "tldr", "comparisons.jsonl")
@@ -243,17 +243,7 @@ def test_prompt_rows_keep_the_reference_and_load_with_workers(tokenizer):
 
 
 def trainer(tmp_path, max_steps, **kwargs):
-    return L.Trainer(
-        max_steps=max_steps,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, max_steps, num_sanity_val_steps=0, limit_val_batches=1, **kwargs)
 
 
 def changed(before, module):

@@ -83,7 +83,7 @@ def test_packed_labels_ignore_each_rows_first_label_by_hand():
     assert packed_labels(labels, layout).tolist() == [x, 8, 9, x, 5, 6]
 
 
-def test_sft_loss_on_packed_rows_equals_the_padded_batch():
+def test_sft_loss_on_packed_rows_and_on_the_kept_logits_equals_the_padded_batch():
     torch.manual_seed(0)
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
     labels = torch.randint(0, 5, (3, 6))
@@ -96,6 +96,15 @@ def test_sft_loss_on_packed_rows_equals_the_padded_batch():
     packed_loss, packed_stats = sft_loss(packed_logits, packed_labels(labels, layout).unsqueeze(0))
     assert math.isclose(packed_loss.item(), loss.item(), rel_tol=1e-6)
     assert (packed_stats.num_tokens.item(), packed_stats.num_correct.item()) == (
+        stats.num_tokens.item(),
+        stats.num_correct.item(),
+    )
+    # The same from the logits of the positions that predict a target only (one per target).
+    positions, targets = packed_targets(labels, layout)
+    assert positions.numel() == stats.num_tokens.item()
+    kept_loss, kept_stats = token_cross_entropy(packed_logits[0, positions], targets)
+    assert math.isclose(kept_loss.item(), loss.item(), rel_tol=1e-6)
+    assert (kept_stats.num_tokens.item(), kept_stats.num_correct.item()) == (
         stats.num_tokens.item(),
         stats.num_correct.item(),
     )
@@ -121,23 +130,3 @@ def test_token_cross_entropy_by_hand():
     assert (stats.num_tokens.item(), stats.num_correct.item()) == (2, 1)
     halved, _ = token_cross_entropy(logits, torch.tensor([0, 1, IGNORE_INDEX]), normalizer=4)
     assert math.isclose(halved.item(), loss.item() / 2, rel_tol=1e-6)
-
-
-def test_loss_on_the_kept_packed_logits_equals_the_padded_batch():
-    torch.manual_seed(0)
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
-    labels = torch.randint(0, 5, (3, 6))
-    labels[:, :2] = IGNORE_INDEX
-    labels[mask == 0] = IGNORE_INDEX
-    logits = torch.randn(3, 6, 5)
-    layout = pack_rows(mask)
-    positions, targets = packed_targets(labels, layout)
-    kept = logits.flatten(0, 1)[layout.token_index][positions]
-    loss, stats = sft_loss(logits, labels)
-    kept_loss, kept_stats = token_cross_entropy(kept, targets)
-    assert math.isclose(kept_loss.item(), loss.item(), rel_tol=1e-6)
-    assert (kept_stats.num_tokens.item(), kept_stats.num_correct.item()) == (
-        stats.num_tokens.item(),
-        stats.num_correct.item(),
-    )
-    assert positions.numel() == stats.num_tokens.item()  # one logit row per target, none for prompts or row ends

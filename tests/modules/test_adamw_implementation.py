@@ -9,18 +9,7 @@ from lit_rlhf.modules import GRPOModule, PPOModule, RewardModule, SFTModule
 from lit_rlhf.modules.base import adamw_flags
 from lit_rlhf.rewards import ArithmeticVerifierReward
 from tests.conftest import TINY_MODEL_CONFIG
-
-
-def quiet_trainer(tmp_path, max_steps):
-    return L.Trainer(
-        max_steps=max_steps,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-    )
+from tests.helpers import quiet_trainer
 
 
 def kernel_of(optimizer: torch.optim.Optimizer) -> tuple[bool | None, bool | None]:
@@ -45,7 +34,7 @@ def test_unknown_name_fails_when_the_module_is_built(make):
 def train_sft(tmp_path, implementation):
     L.seed_everything(0)
     module = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2, adamw_implementation=implementation)
-    trainer = quiet_trainer(tmp_path / str(implementation), max_steps=4)
+    trainer = quiet_trainer(tmp_path / str(implementation), 4, limit_val_batches=0)
     trainer.fit(module, ArithmeticDataModule(num_train=128, num_val=8, batch_size=32))
     return module, trainer
 
@@ -85,7 +74,7 @@ def test_ppo_actor_and_critic_train_with_the_fused_kernel(tmp_path, policy_dir):
         ppo_epochs=1,
         adamw_implementation="fused",
     )
-    trainer = quiet_trainer(tmp_path, max_steps=2)
+    trainer = quiet_trainer(tmp_path, 2, limit_val_batches=0)
     trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
     actor, critic = trainer.optimizers
     assert kernel_of(actor) == kernel_of(critic) == (False, True)
@@ -97,17 +86,7 @@ def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
     scale, so lit_rlhf clips them (SFT: trainer.gradient_clip_val; PPO: max_grad_norm, clipped by the module)."""
     L.seed_everything(0)
     sft = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2, adamw_implementation="fused")
-    trainer = L.Trainer(
-        max_steps=2,
-        default_root_dir=tmp_path,
-        precision="bf16-mixed",
-        gradient_clip_val=1e-3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(tmp_path, 2, precision="bf16-mixed", gradient_clip_val=1e-3, limit_val_batches=0)
     trainer.fit(sft, ArithmeticDataModule(num_train=64, num_val=8, batch_size=32))
     assert trainer.global_step == 2
     for p in sft.parameters():  # the same clipping, on gradients whose norm is known
@@ -123,16 +102,7 @@ def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
         max_grad_norm=0.5,
         adamw_implementation="fused",
     )
-    trainer = L.Trainer(
-        max_steps=2,
-        default_root_dir=tmp_path / "ppo",
-        precision="bf16-mixed",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(tmp_path / "ppo", 2, precision="bf16-mixed", limit_val_batches=0)
     trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
     assert ppo.iteration == 1
 
@@ -141,17 +111,9 @@ def test_fused_kernel_with_a_loss_scaler_and_clipping_is_refused_with_what_to_ch
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     module = SFTModule(model_config=TINY_MODEL_CONFIG, adamw_implementation="fused")
-    trainer = L.Trainer(
-        max_steps=1,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))],
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
+    scaler = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = quiet_trainer(
+        tmp_path, 1, accelerator="cpu", plugins=[scaler], gradient_clip_val=1.0, limit_val_batches=0
     )
     with pytest.raises(ValueError, match="fused cannot have its gradients clipped under precision 16-mixed"):
         trainer.fit(module, ArithmeticDataModule(num_train=32, num_val=8, batch_size=16))
