@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import load_warning, machine_line, use_threads  # noqa: E402
+from benchmarks.common import print_machine, use_threads  # noqa: E402
 
 KERNELS = ("for_loop", "foreach", "fused")
 
@@ -39,10 +39,7 @@ def main() -> None:
 
     from lit_rlhf.modules import SFTModule
 
-    print(machine_line())
-    warning = load_warning()
-    if warning:
-        print(warning)
+    print_machine()
     torch.manual_seed(0)
     module = SFTModule(model_config=args.model_config).to(args.device)
     synchronize = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

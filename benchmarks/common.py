@@ -166,6 +166,14 @@ def load_warning(detail: str = "timings are not those of a quiet machine (accura
     return f"WARNING: load average {load:.1f} at start: other processes share the CPU; {detail}\n"
 
 
+def print_machine() -> None:
+    """Print :func:`machine_line` and, when other processes share the CPU, :func:`load_warning`."""
+    print(machine_line())
+    warning = load_warning()
+    if warning:
+        print(warning)
+
+
 def run_worker(command: list[str], out: str, log_path: str) -> tuple[dict, float]:
     """Run a TRL worker (``command``: its python, script and arguments); its JSON result from ``out`` and the
     process wall seconds. A failed worker stops the benchmark with the end of its log."""

@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import load_warning, machine_line, read_config, use_threads  # noqa: E402
+from benchmarks.common import print_machine, read_config, use_threads  # noqa: E402
 
 
 def main() -> None:
@@ -61,10 +61,7 @@ def main() -> None:
     from lit_rlhf.modules import SFTModule
     from lit_rlhf.modules.base import adamw_flags
 
-    print(machine_line())
-    warning = load_warning()
-    if warning:
-        print(warning)
+    print_machine()
     config = read_config(args.config)
     L.seed_everything(config.get("seed_everything", 0))
     module = SFTModule(

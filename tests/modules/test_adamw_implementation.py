@@ -65,25 +65,10 @@ def test_reward_model_and_grpo_optimizers_use_the_kernel(policy_dir):
     assert kernel_of(optimizer) == (True, False)
 
 
-def test_ppo_actor_and_critic_train_with_the_fused_kernel(tmp_path, policy_dir):
-    L.seed_everything(0)
-    ppo = PPOModule(
-        ArithmeticVerifierReward(),
-        policy_name_or_path=policy_dir,
-        max_new_tokens=6,
-        ppo_epochs=1,
-        adamw_implementation="fused",
-    )
-    trainer = quiet_trainer(tmp_path, 2, limit_val_batches=0)
-    trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
-    actor, critic = trainer.optimizers
-    assert kernel_of(actor) == kernel_of(critic) == (False, True)
-    assert ppo.iteration == 1 and all(state["step"] == 1 for state in actor.state.values())
-
-
 def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
     """Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients; bf16-mixed has no loss
-    scale, so lit_rlhf clips them (SFT: trainer.gradient_clip_val; PPO: max_grad_norm, clipped by the module)."""
+    scale, so lit_rlhf clips them (SFT: trainer.gradient_clip_val; PPO: max_grad_norm, clipped by the module, whose
+    actor and critic both step with the fused kernel)."""
     L.seed_everything(0)
     sft = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2, adamw_implementation="fused")
     trainer = quiet_trainer(tmp_path, 2, precision="bf16-mixed", gradient_clip_val=1e-3, limit_val_batches=0)
@@ -104,7 +89,9 @@ def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
     )
     trainer = quiet_trainer(tmp_path / "ppo", 2, precision="bf16-mixed", limit_val_batches=0)
     trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
-    assert ppo.iteration == 1
+    actor, critic = trainer.optimizers
+    assert kernel_of(actor) == kernel_of(critic) == (False, True)
+    assert ppo.iteration == 1 and all(state["step"] == 1 for state in actor.state.values())
 
 
 def test_fused_kernel_with_a_loss_scaler_and_clipping_is_refused_with_what_to_change(tmp_path):
