@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import print_machine, use_threads  # noqa: E402
+from benchmarks.common import print_machine, print_step_medians, use_threads  # noqa: E402
 
 KERNELS = ("for_loop", "foreach", "fused")
 
@@ -70,11 +69,7 @@ def main() -> None:
                 optimizer.step()
             synchronize()
             times[kernel].append((time.perf_counter() - start) / args.steps * 1000)
-    base = statistics.median(times["for_loop"])
-    for kernel in KERNELS:
-        median = statistics.median(times[kernel])
-        runs = ", ".join(f"{t:.2f}" for t in times[kernel])
-        print(f"{kernel}: {median:.2f} ms/step median ({runs}); {base / median:.2f}x of for_loop")
+    print_step_medians(times, digits=2)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,19 @@ def print_machine() -> None:
         print(warning)
 
 
+def print_step_medians(times: dict[str, list[float]], digits: int = 1) -> None:
+    """For each setting (in order) of ``times`` (milliseconds per step, one entry per round): its median, every
+    round's figure, and its speed-up over the first setting (ratio of medians)."""
+    import statistics
+
+    names = list(times)
+    base = statistics.median(times[names[0]])
+    for name in names:
+        median = statistics.median(times[name])
+        runs = ", ".join(f"{t:.{digits}f}" for t in times[name])
+        print(f"{name}: {median:.{digits}f} ms/step median ({runs}); {base / median:.2f}x of {names[0]}")
+
+
 def run_worker(command: list[str], out: str, log_path: str) -> tuple[dict, float]:
     """Run a TRL worker (``command``: its python, script and arguments); its JSON result from ``out`` and the
     process wall seconds. A failed worker stops the benchmark with the end of its log."""

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import print_machine, read_config, use_threads  # noqa: E402
+from benchmarks.common import print_machine, print_step_medians, read_config, use_threads  # noqa: E402
 
 
 def main() -> None:
@@ -112,13 +111,8 @@ def main() -> None:
                 step(batch)
             synchronize()
             times[k].append((time.perf_counter() - start) / len(batches) * 1000)
-    base = statistics.median(times[settings[0]])
     name = {"packed": "padding_free", "packed_all_logits": "padding_free, LM head everywhere"}
-    name = {k: name.get(k, f"length_chunks={k}") for k in settings}
-    for k in settings:
-        median = statistics.median(times[k])
-        runs = ", ".join(f"{t:.1f}" for t in times[k])
-        print(f"{name[k]}: {median:.1f} ms/step median ({runs}); {base / median:.2f}x of {name[settings[0]]}")
+    print_step_medians({name.get(k, f"length_chunks={k}"): times[k] for k in settings})
 
 
 if __name__ == "__main__":
