@@ -54,7 +54,7 @@ def main() -> None:
     import lightning as L
     import torch
 
-    import lit_rlhf.modules.sft as sft_module
+    import lit_rlhf.rollout as rollout
     from lit_rlhf.data import ArithmeticDataModule
     from lit_rlhf.functional.padding import length_chunks
     from lit_rlhf.modules import SFTModule
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"{len(batches)} batches of {batches[0]['input_ids'].size(0)} rows, {real} real token positions")
     packed = ("packed", "packed_all_logits")
     settings = [k if k in packed else int(k) for k in args.chunks]
-    keeps_logits = sft_module.takes_logits_to_keep
+    keeps_logits = rollout.takes_logits_to_keep
     for k in settings:
         if k in packed:
             print(f"{k}: {real} positions computed, 0.0% of them padding")
@@ -103,7 +103,7 @@ def main() -> None:
         for k in settings:
             module.hparams.padding_free = k in packed
             module.hparams.length_chunks = 1 if k in packed else k
-            sft_module.takes_logits_to_keep = (lambda model: False) if k == "packed_all_logits" else keeps_logits
+            rollout.takes_logits_to_keep = (lambda model: False) if k == "packed_all_logits" else keeps_logits
             step(batches[0])  # warm-up
             synchronize()
             start = time.perf_counter()

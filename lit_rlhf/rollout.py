@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lit_rlhf.functional.logprobs import logprobs_from_logits
-from lit_rlhf.functional.padding import pack_rows, position_ids_from_mask
+from lit_rlhf.functional.padding import PackedRows, pack_rows, position_ids_from_mask
 from lit_rlhf.functional.ppo import entropy_from_logits
 from lit_rlhf.models.padding_free import packed_forward
 from lit_rlhf.models.scoring import packed_token_scores, token_scores
@@ -128,14 +128,22 @@ def _packed_response_logits(
     rows, columns = response_mask.bool().nonzero(as_tuple=True)  # real response tokens, row by row
     # Response token j of row b is predicted at column prompt_len + j - 1 of [prompt | response].
     predicting = packed_of_slot[rows * ids.size(1) + prompt_len + columns - 1]
-    if takes_logits_to_keep(model):
-        outputs, _ = packed_forward(model, ids, mask, layout, logits_to_keep=predicting)
-        kept = outputs.logits[0]
-    else:
-        outputs, _ = packed_forward(model, ids, mask, layout)
-        kept = outputs.logits[0, predicting]
+    kept = packed_logits_at(model, ids, mask, layout, predicting)
     dense = kept.new_zeros(batch * response_len, kept.size(-1))
     return dense.index_copy(0, rows * response_len + columns, kept).view(batch, response_len, -1)
+
+
+def packed_logits_at(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, layout: PackedRows, positions: torch.Tensor
+) -> torch.Tensor:
+    """Logits ``(num_positions, vocab)`` at the packed ``positions`` of one packed forward pass over the real tokens
+    of ``ids``/``mask`` (``layout``: their :func:`~lit_rlhf.functional.padding.pack_rows`); where the model takes
+    ``logits_to_keep``, only those positions go through the LM head."""
+    if takes_logits_to_keep(model):
+        outputs, _ = packed_forward(model, ids, mask, layout, logits_to_keep=positions)
+        return outputs.logits[0]
+    outputs, _ = packed_forward(model, ids, mask, layout)
+    return outputs.logits[0, positions]
 
 
 def takes_logits_to_keep(model: torch.nn.Module) -> bool:

@@ -203,7 +203,7 @@ class RLHFModule(L.LightningModule):
         )
         return optimizer, scheduler
 
-    def clip_optimizer_gradients(
+    def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
         gradient_clip_val: float | None = None,
@@ -211,10 +211,12 @@ class RLHFModule(L.LightningModule):
     ) -> None:
         """``self.clip_gradients``, which also works for a fused optimizer under ``bf16-mixed``.
 
-        Lightning's mixed-precision plugin refuses to clip the gradients of any optimizer that unscales them inside
-        its own step (``fused`` AdamW), because under ``16-mixed`` they are still multiplied by the loss scale when
-        clipping would run. ``bf16-mixed`` has no loss scale, so here they are clipped as under full precision.
-        Under ``16-mixed`` the combination is refused with a message that says what to change.
+        Lightning calls this hook with ``trainer.gradient_clip_val`` under automatic optimization; PPO and GRPO call
+        it for their ``max_grad_norm``. Lightning's mixed-precision plugin refuses to clip the gradients of any
+        optimizer that unscales them inside its own step (``fused`` AdamW), because under ``16-mixed`` they are still
+        multiplied by the loss scale when clipping would run. ``bf16-mixed`` has no loss scale, so here they are
+        clipped as under full precision. Under ``16-mixed`` the combination is refused with a message that says what
+        to change.
         """
         plugin = self.trainer.precision_plugin
         inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch optimizer
@@ -232,15 +234,6 @@ class RLHFModule(L.LightningModule):
             )
         algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
         Precision.clip_gradients(plugin, inner, gradient_clip_val, algorithm)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """``trainer.gradient_clip_val`` under automatic optimization, by :meth:`clip_optimizer_gradients`."""
-        self.clip_optimizer_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def model_optimizer(self, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
         """:meth:`build_optimizer` over ``self.model`` from the hyperparameters the modules share (``learning_rate``,

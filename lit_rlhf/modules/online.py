@@ -132,7 +132,7 @@ class OnlineRLModule(RLHFModule):
                     stats[name] = stats.get(name, 0.0) + float(value.detach()) * weight
         self._average_gradients(module)
         if max_grad_norm is not None:
-            self.clip_optimizer_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+            self.configure_gradient_clipping(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         scheduler.step()
         return stats

@@ -12,9 +12,9 @@ from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.functional.sft import SFTStats, num_target_tokens, packed_targets, sft_loss, token_cross_entropy
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
-from lit_rlhf.models.padding_free import check_padding_free, packed_forward
+from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
-from lit_rlhf.rollout import takes_logits_to_keep
+from lit_rlhf.rollout import packed_logits_at
 from lit_rlhf.tables import log_text, markdown_table
 
 
@@ -145,13 +145,8 @@ class SFTModule(RLHFModule):
         ``logits_to_keep`` (Hugging Face decoders do): prompt positions cost no ``vocab``-wide logits."""
         layout = pack_rows(batch["attention_mask"])
         positions, targets = packed_targets(batch["labels"], layout)
-        if takes_logits_to_keep(self.model):
-            outputs, _ = packed_forward(
-                self.model, batch["input_ids"], batch["attention_mask"], layout, logits_to_keep=positions
-            )
-            return token_cross_entropy(outputs.logits[0], targets)
-        outputs, _ = packed_forward(self.model, batch["input_ids"], batch["attention_mask"], layout)
-        return token_cross_entropy(outputs.logits[0, positions], targets)
+        logits = packed_logits_at(self.model, batch["input_ids"], batch["attention_mask"], layout, positions)
+        return token_cross_entropy(logits, targets)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])

@@ -76,7 +76,7 @@ def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
     assert trainer.global_step == 2
     for p in sft.parameters():  # the same clipping, on gradients whose norm is known
         p.grad = torch.full_like(p, 1.0)
-    sft.clip_optimizer_gradients(trainer.optimizers[0], 1e-3, "norm")
+    sft.configure_gradient_clipping(trainer.optimizers[0], 1e-3, "norm")
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in sft.parameters()]))
     assert norm.item() == pytest.approx(1e-3, rel=1e-3)
 

@@ -137,7 +137,7 @@ def test_chunked_and_padding_free_passes_give_the_loss_and_gradients_of_the_padd
     tmp_path, monkeypatch, option, keeps_logits
 ):
     """Also for a model without ``logits_to_keep``, where the packed pass computes every position's logits."""
-    monkeypatch.setattr("lit_rlhf.modules.sft.takes_logits_to_keep", lambda model: keeps_logits)
+    monkeypatch.setattr("lit_rlhf.rollout.takes_logits_to_keep", lambda model: keeps_logits)
     module, data, _ = make(tmp_path, max_steps=1)
     data.connect(module.tokenizer)
     data.setup("fit")
