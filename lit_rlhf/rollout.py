@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.padding import PackedRows, pack_rows, position_ids_from_mask
 from lit_rlhf.functional.ppo import entropy_from_logits
-from lit_rlhf.models.padding_free import packed_forward
+from lit_rlhf.models.padding_free import packed_forward, packed_prompt_forward
 from lit_rlhf.models.scoring import packed_token_scores, token_scores
 from lit_rlhf.models.shared_prompt import prompt_then_responses
 
@@ -166,6 +166,7 @@ def shared_prompt_response_logprobs(
     response_mask: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    padding_free: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`response_logprobs` of responses that share prompts, each distinct prompt computed once.
 
@@ -174,7 +175,9 @@ def shared_prompt_response_logprobs(
     prompt's last logits. The same log-probabilities and gradients as :func:`response_logprobs` on the full rows
     ``[prompt_ids[prompt_index] | response_ids]``, with ``num_prompts * prompt_len + n * response_len`` positions
     instead of ``n * (prompt_len + response_len)``: for GRPO's ``G`` samples per prompt, about ``G`` times fewer
-    prompt positions.
+    prompt positions. With ``padding_free`` the distinct prompts and the responses run packed into one row instead,
+    without KV cache or padding (:func:`~lit_rlhf.models.padding_free.packed_prompt_forward`), and the LM head runs
+    only where a real response token is predicted.
 
     Args:
         model: a causal LM that takes ``position_ids`` and ``past_key_values`` (Hugging Face decoders do), not
@@ -185,16 +188,53 @@ def shared_prompt_response_logprobs(
         response_ids: ``(n, response_len)`` responses (padding after the first EOS; at least one token each).
         response_mask: ``(n, response_len)`` bool, true up to and including the first EOS.
         temperature, with_entropy: as in :func:`response_logprobs`.
+        padding_free: pack prompts and responses into one row (see above).
 
     Returns:
         As :func:`response_logprobs`: ``(n, response_len)`` log-probabilities (and entropies).
     """
+    if padding_free:
+        logits = _packed_shared_response_logits(
+            model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask
+        )
+        return _response_logprobs(logits, response_ids, response_mask, temperature, with_entropy)
     kwargs = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}  # the prompts' last logits are enough
     prompts, responses = prompt_then_responses(
         model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask, **kwargs
     )
     logits = torch.cat([prompts.logits[:, -1:][prompt_index], responses.logits[:, :-1]], dim=1)
     return _response_logprobs(logits, response_ids, response_mask, temperature, with_entropy)
+
+
+def _packed_shared_response_logits(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Logits that predict each response token ``(n, response_len, vocab)`` from one packed pass over the distinct
+    prompts and the responses; zeros where the response is padding."""
+    batch, response_len = response_mask.shape
+    rows, columns = response_mask.bool().nonzero(as_tuple=True)  # real response tokens in packed order
+    num_prompt_tokens = int(prompt_mask.sum())
+    prompt_last = prompt_mask.long().sum(dim=1).cumsum(dim=0) - 1  # packed index of each prompt's last token
+    starts_row = torch.ones_like(rows, dtype=torch.bool)
+    starts_row[1:] = rows[1:] != rows[:-1]
+    # A response's first token is predicted at its prompt's last token, every other one at the token before it.
+    own = num_prompt_tokens + torch.arange(rows.numel(), device=rows.device) - 1
+    predicting = torch.where(starts_row, prompt_last[prompt_index.to(rows.device)[rows]], own)
+    if takes_logits_to_keep(model):
+        outputs, _ = packed_prompt_forward(
+            model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask, logits_to_keep=predicting
+        )
+        kept = outputs.logits[0]
+    else:
+        outputs, _ = packed_prompt_forward(model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
+        kept = outputs.logits[0, predicting]
+    dense = kept.new_zeros(batch * response_len, kept.size(-1))
+    return dense.index_copy(0, rows * response_len + columns, kept).view(batch, response_len, -1)
 
 
 def _response_logprobs(

@@ -138,8 +138,9 @@ def assert_same_logprobs_and_gradients(result, expected):
         torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("padding_free", [False, True], ids=["kv-cache", "packed"])
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_shared_prompt_logprobs_and_gradients_equal_full_rows(kind, tmp_path):
+def test_shared_prompt_logprobs_and_gradients_equal_full_rows(kind, padding_free, tmp_path):
     from lit_rlhf.rollout import shared_prompt_response_logprobs
 
     model, tokenizer = tiny_causal_lm(kind, tmp_path)
@@ -155,7 +156,9 @@ def test_shared_prompt_logprobs_and_gradients_equal_full_rows(kind, tmp_path):
     def run(shared: bool):
         if shared:
             args = (model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
-            logprobs, entropy = shared_prompt_response_logprobs(*args, temperature=0.7, with_entropy=True)
+            logprobs, entropy = shared_prompt_response_logprobs(
+                *args, temperature=0.7, with_entropy=True, padding_free=padding_free
+            )
         else:
             args = (model, prompt_ids[prompt_index], prompt_mask[prompt_index], response_ids, response_mask)
             logprobs, entropy = response_logprobs(*args, temperature=0.7, with_entropy=True)
@@ -245,6 +248,12 @@ def test_only_the_logits_that_predict_response_tokens_are_computed(word_tokenize
     assert [shape[1] for shape in shapes] == [1, 3, 6, 3]  # prompt pass, response pass; twice
     torch.testing.assert_close(shared, kept, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared_full, kept, atol=1e-5, rtol=1e-5)
+    # Packed without KV cache: the LM head sees one position per real response token (3 + 2).
+    shapes.clear()
+    with torch.no_grad():
+        packed = shared_prompt_response_logprobs(model, *args, padding_free=True)
+    assert shapes == [(1, 5, model.config.vocab_size)]
+    torch.testing.assert_close(packed, kept, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

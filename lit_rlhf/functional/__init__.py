@@ -8,7 +8,14 @@ from lit_rlhf.functional.grpo import GroupStats, GRPOLossStats, group_advantages
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import IGNORE_INDEX, mask_after_eos, masked_mean, masked_sum
-from lit_rlhf.functional.padding import PackedRows, pack_rows, pad_left, pad_right
+from lit_rlhf.functional.padding import (
+    PackedPromptRows,
+    PackedRows,
+    pack_prompt_responses,
+    pack_rows,
+    pad_left,
+    pad_right,
+)
 from lit_rlhf.functional.ppo import (
     PolicyStats,
     ValueStats,
@@ -40,6 +47,7 @@ __all__ = [
     "GRPOLossStats",
     "GroupStats",
     "IGNORE_INDEX",
+    "PackedPromptRows",
     "PackedRows",
     "PolicyStats",
     "RewardStats",
@@ -65,6 +73,7 @@ __all__ = [
     "normal_ci",
     "num_target_tokens",
     "order_scores",
+    "pack_prompt_responses",
     "pack_rows",
     "packed_labels",
     "packed_targets",

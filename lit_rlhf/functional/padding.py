@@ -131,3 +131,117 @@ def pack_rows(attention_mask: torch.Tensor) -> PackedRows:
     width = int(lengths.max())
     slot_index = torch.arange(batch, device=mask.device).repeat_interleave(lengths) * width + position_ids
     return PackedRows(token_index, position_ids, slot_index, lengths, width)
+
+
+def _real_token_index(mask: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(token_index, position_ids, lengths)`` of a padded batch's real tokens (rows may be empty), after checking
+    that each row's real tokens are contiguous."""
+    mask = mask.bool()
+    lengths = mask.sum(dim=1)
+    first = mask.long().argmax(dim=1)
+    last_count = mask.long().cumsum(dim=1).gather(1, (first + lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    if not bool(((last_count == lengths) | (lengths == 0)).all()):
+        raise ValueError(f"each row's real {what} tokens must be contiguous")
+    token_index = mask.flatten().nonzero().squeeze(1)
+    starts = lengths.cumsum(dim=0) - lengths
+    position_ids = torch.arange(token_index.numel(), device=mask.device) - starts.repeat_interleave(lengths)
+    return token_index, position_ids, lengths
+
+
+@dataclass(frozen=True)
+class PackedPromptRows:
+    """One packed row holding each distinct prompt once and every response after it, and the ``(rows, width)`` grid of
+    full ``[prompt | response]`` rows that attention runs on.
+
+    The packed row is all prompts' real tokens (prompt by prompt), then all responses' real tokens (response by
+    response). Response ``r`` continues prompt ``prompt_index[r]``: its positions continue that prompt's. Grid row
+    ``r`` is ``[prompt_index[r]'s tokens | response r's tokens]``, right-padded to ``width``; a prompt token appears
+    in the row of every response that continues it, and its output is read from the first of those rows.
+
+    Attributes:
+        prompt_token_index: ``(num_prompt_tokens,)`` indices of the prompts' real tokens in the flattened
+            ``(num_prompts * prompt_len)`` prompt batch, in packed order.
+        response_token_index: ``(num_response_tokens,)`` the same for the flattened ``(rows * response_len)``
+            responses: ``response_ids.flatten()[response_token_index]`` is the packed row's tail, and ``index_copy``
+            with it puts packed response outputs back into response rows.
+        position_ids: ``(num_tokens,)`` each packed token's position in its full row.
+        grid_index: ``(rows * width,)`` the packed token at each slot of the flattened grid, or ``num_tokens`` for
+            padding (read from an appended zero row).
+        output_slot: ``(num_tokens,)`` the grid slot each packed token's output is read from.
+        rows: grid rows (responses).
+        width: grid width, the longest ``prompt + response``.
+    """
+
+    prompt_token_index: torch.Tensor
+    response_token_index: torch.Tensor
+    position_ids: torch.Tensor
+    grid_index: torch.Tensor
+    output_slot: torch.Tensor
+    rows: int
+    width: int
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the packed row: every prompt once plus every response."""
+        return self.position_ids.numel()
+
+
+def pack_prompt_responses(
+    prompt_mask: torch.Tensor, response_mask: torch.Tensor, prompt_index: torch.Tensor
+) -> PackedPromptRows:
+    """The :class:`PackedPromptRows` layout of distinct prompts and the responses that continue them.
+
+    Args:
+        prompt_mask: ``(num_prompts, prompt_len)``, 1 on real tokens (any padding side, contiguous, at least one
+            per prompt).
+        response_mask: ``(rows, response_len)``, 1 on real tokens (contiguous; a response may be empty).
+        prompt_index: ``(rows,)`` the prompt each response continues; every prompt must be continued at least once.
+
+    Returns:
+        The layout; ``num_tokens = prompt_mask.sum() + response_mask.sum()``.
+    """
+    num_prompts, rows = prompt_mask.size(0), response_mask.size(0)
+    if prompt_index.shape != (rows,):
+        raise ValueError(f"prompt_index must have shape ({rows},), got {tuple(prompt_index.shape)}")
+    prompt_tokens, prompt_positions, prompt_lengths = _real_token_index(prompt_mask, "prompt")
+    response_tokens, response_positions, response_lengths = _real_token_index(response_mask, "response")
+    if bool((prompt_lengths == 0).any()):
+        raise ValueError("every prompt needs at least one real token")
+    device = prompt_mask.device
+    prompt_index = prompt_index.to(device)
+    row_ids = torch.arange(rows, device=device)
+    first_row = torch.full((num_prompts,), rows, device=device).scatter_reduce(0, prompt_index, row_ids, "amin")
+    if bool((first_row == rows).any()):
+        raise ValueError("every prompt must be continued by at least one response")
+    num_prompt_tokens = prompt_tokens.numel()
+    num_tokens = num_prompt_tokens + response_tokens.numel()
+    prompt_start = prompt_lengths.cumsum(dim=0) - prompt_lengths  # packed offset of each prompt
+    response_start = num_prompt_tokens + response_lengths.cumsum(dim=0) - response_lengths
+    row_prompt_len = prompt_lengths[prompt_index]  # (rows,)
+    width = int((row_prompt_len + response_lengths).max()) if rows else 0
+    col = torch.arange(width, device=device).unsqueeze(0)
+    in_prompt = col < row_prompt_len.unsqueeze(1)
+    in_response = ~in_prompt & (col < (row_prompt_len + response_lengths).unsqueeze(1))
+    grid_index = torch.where(
+        in_prompt,
+        prompt_start[prompt_index].unsqueeze(1) + col,
+        torch.where(in_response, response_start.unsqueeze(1) + col - row_prompt_len.unsqueeze(1), num_tokens),
+    )
+    prompt_of_token = torch.arange(num_prompts, device=device).repeat_interleave(prompt_lengths)
+    row_of_token = row_ids.repeat_interleave(response_lengths)
+    response_offset = row_prompt_len[row_of_token]
+    output_slot = torch.cat(
+        [
+            first_row[prompt_of_token] * width + prompt_positions,
+            row_of_token * width + response_offset + response_positions,
+        ]
+    )
+    return PackedPromptRows(
+        prompt_token_index=prompt_tokens,
+        response_token_index=response_tokens,
+        position_ids=torch.cat([prompt_positions, response_offset + response_positions]),
+        grid_index=grid_index.flatten(),
+        output_slot=output_slot,
+        rows=rows,
+        width=width,
+    )

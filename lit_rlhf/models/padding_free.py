@@ -7,6 +7,11 @@ causal PyTorch SDPA there (a real position never sees the later pad slots, so th
 outputs back into packed order. Positions restart at 0 on every row through ``position_ids``, so rotary and
 learned position embeddings see what they would see in the padded batch.
 
+:func:`packed_prompt_forward` goes one step further for responses that share prompts (a preference pair, GRPO's
+group): each distinct prompt is packed once, followed by all the responses, and each attention layer fills the
+``(responses, width)`` grid of full ``[prompt | response]`` rows by gathering, a prompt token into every row that
+continues it. Everything but attention then runs on ``prompt + responses`` real tokens, without a KV cache.
+
 Unlike Hugging Face's own padding-free path (``position_ids`` with ``flash_attention_2``), this needs no flash
 kernel: it runs on CPUs and with ``sdpa`` or ``eager`` models. It covers decoders whose attention layers dispatch
 through ``transformers``' attention interface (Llama, Qwen2/3, Mistral, GPT-2 and most others); it refuses
@@ -23,7 +28,7 @@ import torch
 from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from lit_rlhf.functional.padding import PackedRows, pack_rows
+from lit_rlhf.functional.padding import PackedPromptRows, PackedRows, pack_prompt_responses, pack_rows
 
 PADDING_FREE_ATTENTION = "lit_rlhf_padding_free"
 """Name of the attention function registered with ``transformers.AttentionInterface``."""
@@ -34,7 +39,7 @@ _LAYOUT_KWARG = "lit_rlhf_packed_rows"
 class _PackedCall:
     """What one packed forward hands its attention layers: the layout, and how many layers used it."""
 
-    def __init__(self, layout: PackedRows) -> None:
+    def __init__(self, layout: PackedRows | PackedPromptRows) -> None:
         self.layout = layout
         self.attention_calls = 0
 
@@ -66,17 +71,26 @@ def _padding_free_attention(
             f"padding-free forward: the longest row ({layout.width} tokens) exceeds the model's sliding window "
             f"({window}); use padded batches"
         )
-    batch, width = layout.lengths.numel(), layout.width
+    if isinstance(layout, PackedPromptRows):  # shared prompts: a prompt token may fill several grid slots
+        batch, width, output_slot = layout.rows, layout.width, layout.output_slot
 
-    def to_grid(states: torch.Tensor) -> torch.Tensor:  # (1, h, T, d) -> (batch, h, width, d), zeros past row ends
-        heads, dim = states.size(1), states.size(-1)
-        grid = states.new_zeros(heads, batch * width, dim).index_copy(1, layout.slot_index, states[0])
-        return grid.view(heads, batch, width, dim).transpose(0, 1)
+        def to_grid(states: torch.Tensor) -> torch.Tensor:  # (1, h, T, d) -> (batch, h, width, d)
+            padded = torch.cat([states[0], states.new_zeros(states.size(1), 1, states.size(-1))], dim=1)
+            grid = padded.index_select(1, layout.grid_index)
+            return grid.view(grid.size(0), batch, width, grid.size(-1)).transpose(0, 1)
+
+    else:
+        batch, width, output_slot = layout.lengths.numel(), layout.width, layout.slot_index
+
+        def to_grid(states: torch.Tensor) -> torch.Tensor:  # (1, h, T, d) -> (batch, h, width, d), zeros past row ends
+            heads, dim = states.size(1), states.size(-1)
+            grid = states.new_zeros(heads, batch * width, dim).index_copy(1, layout.slot_index, states[0])
+            return grid.view(heads, batch, width, dim).transpose(0, 1)
 
     output, _ = sdpa_attention_forward(
         module, to_grid(query), to_grid(key), to_grid(value), None, dropout=dropout, scaling=scaling, is_causal=True
     )  # (batch, width, heads, head_dim)
-    return output.flatten(0, 1).index_select(0, layout.slot_index).unsqueeze(0), None
+    return output.flatten(0, 1).index_select(0, output_slot).unsqueeze(0), None
 
 
 AttentionInterface.register(PADDING_FREE_ATTENTION, _padding_free_attention)
@@ -144,13 +158,64 @@ def packed_forward(
         ValueError: gradient checkpointing is on, the model is an encoder-decoder, or no attention layer of the
             model went through the padding-free attention (custom attention code).
     """
-    check_padding_free(model)
     layout = pack_rows(attention_mask) if layout is None else layout
-    packed_ids = input_ids.flatten().index_select(0, layout.token_index).unsqueeze(0)
+    packed_ids = input_ids.flatten().index_select(0, layout.token_index)
+    return _run_packed(model, packed_ids, layout, **kwargs), layout
+
+
+def packed_prompt_forward(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    **kwargs: Any,
+) -> tuple[Any, PackedPromptRows]:
+    """Run ``model`` on each distinct prompt once and every response after its prompt, all packed into one row.
+
+    The outputs at a response's tokens equal those of the full ``[prompt | response]`` row (up to float rounding):
+    linear layers, norms and activations see ``num_prompt_tokens + num_response_tokens`` positions, with no padding
+    and no prompt repeated, and each attention layer runs on the full rows
+    (:class:`~lit_rlhf.functional.padding.PackedPromptRows`). Gradients from every response flow into its prompt's
+    single computation. Unlike :func:`~lit_rlhf.models.shared_prompt.prompt_then_responses`, this needs no KV cache.
+
+    Args:
+        model: as for :func:`packed_forward`.
+        prompt_ids: ``(num_prompts, prompt_len)`` distinct prompts, padded on either side.
+        prompt_mask: ``(num_prompts, prompt_len)`` their 0/1 mask.
+        prompt_index: ``(n,)`` the prompt each response continues (any order, repeats allowed; every prompt used).
+        response_ids: ``(n, response_len)`` responses, padded on either side (a response may be empty).
+        response_mask: ``(n, response_len)`` their 0/1 mask.
+        **kwargs: passed on to the model's forward (e.g. ``logits_to_keep``); ``use_cache`` is off.
+
+    Returns:
+        ``(outputs, layout)``: the model's outputs over the packed row (``(1, num_tokens, ...)``: the prompts'
+        tokens, then the responses') and the layout; ``layout.response_token_index`` maps the responses' part back
+        to ``(n, response_len)`` rows.
+
+    Raises:
+        ValueError: as for :func:`packed_forward`, or a prompt no response continues.
+    """
+    layout = pack_prompt_responses(prompt_mask, response_mask, prompt_index)
+    packed_ids = torch.cat(
+        [
+            prompt_ids.flatten().index_select(0, layout.prompt_token_index),
+            response_ids.flatten().index_select(0, layout.response_token_index),
+        ]
+    )
+    return _run_packed(model, packed_ids, layout, **kwargs), layout
+
+
+def _run_packed(
+    model: PreTrainedModel, packed_ids: torch.Tensor, layout: PackedRows | PackedPromptRows, **kwargs: Any
+) -> Any:
+    """The model's outputs on ``packed_ids`` ``(num_tokens,)`` with its attention running through ``layout``."""
+    check_padding_free(model)
     call = _PackedCall(layout)
     with _attention_swapped(model):
         outputs = model(
-            input_ids=packed_ids,
+            input_ids=packed_ids.unsqueeze(0),
             position_ids=layout.position_ids.unsqueeze(0),
             use_cache=False,
             **{_LAYOUT_KWARG: call},
@@ -161,4 +226,4 @@ def packed_forward(
             f"{type(model).__name__}'s attention layers do not dispatch through transformers' attention interface "
             "(config._attn_implementation), so they cannot run padding-free; use padded batches"
         )
-    return outputs, layout
+    return outputs

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 
 from lit_rlhf.functional.reward import last_token_index
 from lit_rlhf.models.loading import DTYPES, ModelLoadError, is_builtin, set_attn_implementation
-from lit_rlhf.models.padding_free import packed_forward
+from lit_rlhf.models.padding_free import packed_forward, packed_prompt_forward
 from lit_rlhf.models.shared_prompt import prompt_then_responses
 from lit_rlhf.models.tiny import build_tiny_llama
 
@@ -186,6 +186,7 @@ def shared_prompt_token_scores(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    padding_free: bool = False,
 ) -> torch.Tensor:
     """Scores at every response position of several responses per prompt, the prompt computed once.
 
@@ -194,7 +195,9 @@ def shared_prompt_token_scores(
     on the prompts with a KV cache, the cache is gathered for each response, and the responses run on top of it
     (:func:`~lit_rlhf.models.shared_prompt.prompt_then_responses`). Gradients flow through the cache to the prompt
     computation. For pairs (chosen, rejected) with prompts of ~P tokens and responses of ~R, that is ``P + 2R``
-    token positions instead of ``2(P + R)``.
+    token positions instead of ``2(P + R)``. With ``padding_free`` the prompts and responses run instead packed
+    into one row, without padding or KV cache
+    (:func:`~lit_rlhf.models.padding_free.packed_prompt_forward`): the same scores, ``P + 2R`` real tokens only.
 
     Args:
         model: a decoder-only sequence-classification model with one label.
@@ -203,15 +206,25 @@ def shared_prompt_token_scores(
         response_ids: ``(k * num_prompts, response_len)`` right-padded responses: the first ``num_prompts`` rows
             answer prompts ``0..num_prompts-1``, the next ``num_prompts`` rows again, and so on (``k`` blocks).
         response_mask: ``(k * num_prompts, response_len)`` their 0/1 mask.
+        padding_free: pack prompts and responses into one row instead of using a KV cache.
 
     Returns:
-        ``(k * num_prompts, response_len)`` float scores, row order as ``response_ids``.
+        ``(k * num_prompts, response_len)`` float scores, row order as ``response_ids`` (0 at padding when
+        ``padding_free``).
     """
     num_prompts, k = prompt_ids.size(0), response_ids.size(0) // max(1, prompt_ids.size(0))
     if k < 1 or k * num_prompts != response_ids.size(0):
         raise ValueError(f"{response_ids.size(0)} responses are not a whole number of blocks of {num_prompts} prompts")
     prompt_index = torch.arange(num_prompts, device=response_ids.device).repeat(k)  # row i answers prompt i % P
     body = getattr(model, model.base_model_prefix)
+    if padding_free:
+        outputs, layout = packed_prompt_forward(
+            body, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask
+        )
+        hidden = outputs.last_hidden_state[0, layout.prompt_token_index.numel() :]  # the responses' tokens
+        packed = score_head(model)(hidden).squeeze(-1).float()
+        flat = packed.new_zeros(response_ids.numel()).index_copy(0, layout.response_token_index, packed)
+        return flat.view_as(response_ids)
     _, responses = prompt_then_responses(body, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
     return score_head(model)(responses.last_hidden_state).squeeze(-1).float()
 

@@ -93,7 +93,9 @@ class GRPOModule(OnlineRLModule):
             prompts are long. Needs a decoder whose forward takes ``past_key_values`` (Hugging Face decoders do).
         padding_free: run the reference pass and the policy's updates on the rows' real tokens packed into one row
             (:func:`~lit_rlhf.models.padding_free.packed_forward`): the same log-probabilities and gradients up to
-            float rounding, no work on padding, on any attention kernel. Not with ``shared_prompt_forward``.
+            float rounding, no work on padding, on any attention kernel. With ``shared_prompt_forward`` too, the
+            reference pass and the updates pack each distinct prompt once with its responses, without KV cache
+            (:func:`~lit_rlhf.models.padding_free.packed_prompt_forward`); sampling still shares the prompt's cache.
         gradient_accumulation_steps: micro-batches per minibatch (memory), gradients summed exactly.
         missing_eos_penalty: subtracted from the reward of responses cut by ``max_new_tokens``; ``null`` = none.
         max_grad_norm: gradient clipping norm.
@@ -148,8 +150,6 @@ class GRPOModule(OnlineRLModule):
             raise ValueError(f"loss_averaging must be 'token' or 'sequence', got {loss_averaging!r}")
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
-        if padding_free and shared_prompt_forward:
-            raise ValueError("choose padding_free or shared_prompt_forward, not both")
         self.save_hyperparameters(ignore=["rewards"])
         self.automatic_optimization = False
         self.reward = WeightedSumReward(list(rewards), reward_weights, name="reward")
@@ -210,6 +210,7 @@ class GRPOModule(OnlineRLModule):
                     generation.response_ids,
                     response_mask,
                     hp.temperature,
+                    padding_free=hp.padding_free,
                 )
             else:
                 ref_logprobs = response_logprobs(
@@ -296,6 +297,7 @@ class GRPOModule(OnlineRLModule):
                 mb.response_mask,
                 hp.temperature,
                 with_entropy=True,
+                padding_free=hp.padding_free,
             )
         return response_logprobs(
             self.model,

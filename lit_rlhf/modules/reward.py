@@ -61,8 +61,9 @@ class RewardModule(RLHFModule):
             (no KV cache there). Validation always scores full sequences.
         padding_free: in training, run the batch's real tokens packed into one row
             (:func:`~lit_rlhf.models.scoring.packed_token_scores`): the same scores and gradients, no position
-            spent on padding, on any attention kernel (CPU included). Not with ``shared_prompt_forward`` or
-            ``gradient_checkpointing``. Validation always scores padded batches.
+            spent on padding, on any attention kernel (CPU included). With ``shared_prompt_forward`` too, each
+            prompt and both its responses are packed once, without KV cache: ``P + 2R`` real tokens per pair, no
+            padding. Not with ``gradient_checkpointing``. Validation always scores padded batches.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not on biases and norms).
         betas: AdamW betas.
@@ -115,8 +116,6 @@ class RewardModule(RLHFModule):
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         if padding_free:
-            if shared_prompt_forward:
-                raise ValueError("choose padding_free or shared_prompt_forward, not both")
             check_padding_free(self.model)
         if freeze_backbone:
             head = {id(p) for p in score_head(self.model).parameters()}
@@ -159,6 +158,7 @@ class RewardModule(RLHFModule):
                 batch["prompt_attention_mask"],
                 ids,
                 batch["response_attention_mask"],
+                padding_free=self.hparams.padding_free,
             )
         elif self.hparams.padding_free:
             per_token = packed_token_scores(self.model, ids, batch["attention_mask"])

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from lit_rlhf.functional.padding import length_chunks, pack_rows, pad_left, pad_right
+from lit_rlhf.functional.padding import length_chunks, pack_prompt_responses, pack_rows, pad_left, pad_right
 
 
 def positions(chunks):
@@ -80,3 +80,40 @@ def test_pack_rows_refuses_empty_and_gapped_rows():
         pack_rows(torch.tensor([[1, 1], [0, 0]]))
     with pytest.raises(ValueError, match="contiguous"):
         pack_rows(torch.tensor([[1, 0, 1], [1, 1, 1]]))
+
+
+def test_pack_prompt_responses_on_a_hand_computed_batch():
+    # Prompt 0 left-padded (2 tokens), prompt 1 full (3); four responses continue prompts 1, 0, 1, 0, the last empty.
+    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    response_mask = torch.tensor([[1, 1], [1, 0], [1, 0], [0, 0]])
+    layout = pack_prompt_responses(prompt_mask, response_mask, torch.tensor([1, 0, 1, 0]))
+    # Packed: prompt 0 (2), prompt 1 (3), then responses 0 (2), 1 (1), 2 (1): 9 tokens.
+    assert layout.prompt_token_index.tolist() == [1, 2, 3, 4, 5]
+    assert layout.response_token_index.tolist() == [0, 1, 2, 4]
+    assert layout.num_tokens == 9
+    # Responses continue their prompt's positions: response 0 after 3 prompt tokens, response 1 after 2.
+    assert layout.position_ids.tolist() == [0, 1, 0, 1, 2, 3, 4, 2, 3]
+    # Grid rows [prompt | response], width max(3 + 2, 2 + 1, 3 + 1, 2 + 0) = 5; padding reads slot 9 (zeros).
+    assert layout.rows == 4 and layout.width == 5
+    assert layout.grid_index.view(4, 5).tolist() == [
+        [2, 3, 4, 5, 6],
+        [0, 1, 7, 9, 9],
+        [2, 3, 4, 8, 9],
+        [0, 1, 9, 9, 9],
+    ]
+    # Prompt 0's outputs come from row 1 (its first response), prompt 1's from row 0.
+    assert layout.output_slot.tolist() == [5, 6, 0, 1, 2, 3, 4, 7, 13]
+    # Every packed token's output slot holds that token in the grid.
+    assert torch.equal(layout.grid_index[layout.output_slot], torch.arange(9))
+
+
+def test_pack_prompt_responses_refuses_what_it_cannot_lay_out():
+    prompts, responses = torch.tensor([[1, 1], [0, 1]]), torch.tensor([[1, 0], [1, 1]])
+    with pytest.raises(ValueError, match="continued by at least one response"):
+        pack_prompt_responses(prompts, responses, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="at least one real token"):
+        pack_prompt_responses(torch.tensor([[1, 1], [0, 0]]), responses, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="contiguous"):
+        pack_prompt_responses(prompts, torch.tensor([[1, 0, 1], [1, 1, 0]]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        pack_prompt_responses(prompts, responses, torch.tensor([0, 1, 1]))

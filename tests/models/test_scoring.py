@@ -93,8 +93,9 @@ CHOSEN = [[20, 21, 22, 3], [23, 3], [24, 25, 26, 27, 3]]
 REJECTED = [[20, 30, 3], [31, 32, 33, 3], [24, 25, 40, 41, 42, 43, 3]]
 
 
+@pytest.mark.parametrize("padding_free", [False, True], ids=["kv-cache", "packed"])
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_shared_prompt_scores_and_gradients_equal_full_sequences(family, word_tokenizer, tmp_path):
+def test_shared_prompt_scores_and_gradients_equal_full_sequences(family, padding_free, word_tokenizer, tmp_path):
     if family == "llama":
         model = load_reward_model("tiny-arithmetic", word_tokenizer, config_overrides=TINY_MODEL_CONFIG)
         pad = word_tokenizer.pad_token_id
@@ -110,12 +111,14 @@ def test_shared_prompt_scores_and_gradients_equal_full_sequences(family, word_to
     responses = [[i % vocab for i in r] for r in CHOSEN + REJECTED]
     prompt_ids, prompt_mask = pad_left(prompts, pad)
     response_ids, response_mask = pad_right(responses, pad)
-    shared = shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    shared = shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids, response_mask, padding_free)
     full_ids, full_mask = pad_right([p + r for p, r in zip(prompts * 2, responses)], pad)
     full = token_scores(model, full_ids, full_mask)
     assert shared.shape == response_ids.shape
     for i, (prompt, response) in enumerate(zip(prompts * 2, responses)):
         torch.testing.assert_close(shared[i, : len(response)], full[i, len(prompt) : len(prompt) + len(response)])
+    if padding_free:
+        assert bool((shared[response_mask == 0] == 0).all())
 
     def grads(scores, mask):
         model.zero_grad()
@@ -126,14 +129,15 @@ def test_shared_prompt_scores_and_gradients_equal_full_sequences(family, word_to
     for i, (prompt, response) in enumerate(zip(prompts * 2, responses)):
         full_region[i, len(prompt) : len(prompt) + len(response)] = 1
     shared_grads = grads(
-        shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids, response_mask), response_mask
+        shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids, response_mask, padding_free),
+        response_mask,
     )
     full_grads = grads(token_scores(model, full_ids, full_mask), full_region)
     assert shared_grads.keys() == full_grads.keys()
     for name in full_grads:
         torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(ValueError, match="not a whole number of blocks of 3 prompts"):
-        shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids[:5], response_mask[:5])
+        shared_prompt_token_scores(model, prompt_ids, prompt_mask, response_ids[:5], response_mask[:5], padding_free)
 
 
 @pytest.mark.parametrize("pad", [pad_left, pad_right], ids=["left", "right"])

@@ -126,7 +126,12 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir, avera
 
 @pytest.mark.parametrize(
     ("option", "group_minibatches"),
-    [("shared_prompt_forward", False), ("shared_prompt_forward", True), ("padding_free", False)],
+    [
+        (("shared_prompt_forward",), False),
+        (("shared_prompt_forward",), True),
+        (("padding_free",), False),
+        (("shared_prompt_forward", "padding_free"), True),
+    ],
 )
 def test_shared_prompt_forward_and_padding_free_give_the_same_update(tmp_path, policy_dir, option, group_minibatches):
     # The reference pass (beta 0.1) and the policy's micro-batches compute each prompt once, or run packed; the same
@@ -138,7 +143,7 @@ def test_shared_prompt_forward_and_padding_free_give_the_same_update(tmp_path, p
             policy_dir,
             iterations=2,
             group_minibatches=group_minibatches,
-            **{option: shared},
+            **dict.fromkeys(option, shared),
             gradient_accumulation_steps=2,
         )
         recorder = Recorder()
@@ -179,7 +184,3 @@ def test_bad_options_are_refused(policy_dir):
         GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, num_generations=1)
     with pytest.raises(ValueError, match="loss_averaging"):
         GRPOModule([ArithmeticVerifierReward()], policy_name_or_path=policy_dir, loss_averaging="batch")
-    with pytest.raises(ValueError, match="padding_free or shared_prompt_forward"):
-        GRPOModule(
-            [ArithmeticVerifierReward()], policy_name_or_path=policy_dir, padding_free=True, shared_prompt_forward=True
-        )

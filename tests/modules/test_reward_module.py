@@ -150,12 +150,14 @@ class FirstGradients(L.Callback):
             self.grads = {n: p.grad.clone() for n, p in pl_module.model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("option", ["shared_prompt_forward", "padding_free"])
+@pytest.mark.parametrize(
+    "option", [("shared_prompt_forward",), ("padding_free",), ("shared_prompt_forward", "padding_free")]
+)
 @pytest.mark.parametrize("prefix_loss_coef", [0.0, 1.0])
 def test_shared_prompt_and_padding_free_train_exactly_like_full_sequences(tmp_path, option, prefix_loss_coef):
     runs = {}
     for shared in (False, True):
-        options = {option: shared, "prefix_loss_coef": prefix_loss_coef, "center_coef": 0.01}
+        options = {**dict.fromkeys(option, shared), "prefix_loss_coef": prefix_loss_coef, "center_coef": 0.01}
         callbacks = [LossRecorder(), FirstGradients()]
         module, data, trainer = make(tmp_path / str(shared), 3, callbacks, options, num_train=96)
         trainer.fit(module, data)
@@ -169,8 +171,6 @@ def test_shared_prompt_and_padding_free_train_exactly_like_full_sequences(tmp_pa
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_padding_free_refuses_the_shared_prompt_forward_and_gradient_checkpointing():
-    with pytest.raises(ValueError, match="padding_free or shared_prompt_forward"):
-        RewardModule(model_config=TINY_MODEL_CONFIG, padding_free=True, shared_prompt_forward=True)
+def test_padding_free_refuses_gradient_checkpointing():
     with pytest.raises(ValueError, match="gradient checkpointing"):
         RewardModule(model_config=TINY_MODEL_CONFIG, padding_free=True, gradient_checkpointing=True)
