@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -139,11 +140,15 @@ def packed_logits_at(
     """Logits ``(num_positions, vocab)`` at the packed ``positions`` of one packed forward pass over the real tokens
     of ``ids``/``mask`` (``layout``: their :func:`~lit_rlhf.functional.padding.pack_rows`); where the model takes
     ``logits_to_keep``, only those positions go through the LM head."""
+    return _logits_at(model, positions, lambda **kwargs: packed_forward(model, ids, mask, layout, **kwargs)[0])
+
+
+def _logits_at(model: PreTrainedModel, positions: torch.Tensor, forward: Callable[..., Any]) -> torch.Tensor:
+    """Logits ``(num_positions, vocab)`` at the packed ``positions`` of ``forward(**kwargs)``'s one-row outputs,
+    asking it for those positions only (``logits_to_keep``) where ``model`` takes that."""
     if takes_logits_to_keep(model):
-        outputs, _ = packed_forward(model, ids, mask, layout, logits_to_keep=positions)
-        return outputs.logits[0]
-    outputs, _ = packed_forward(model, ids, mask, layout)
-    return outputs.logits[0, positions]
+        return forward(logits_to_keep=positions).logits[0]
+    return forward().logits[0, positions]
 
 
 def takes_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -225,14 +230,8 @@ def _packed_shared_response_logits(
     # A response's first token is predicted at its prompt's last token, every other one at the token before it.
     own = num_prompt_tokens + torch.arange(rows.numel(), device=rows.device) - 1
     predicting = torch.where(starts_row, prompt_last[prompt_index.to(rows.device)[rows]], own)
-    if takes_logits_to_keep(model):
-        outputs, _ = packed_prompt_forward(
-            model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask, logits_to_keep=predicting
-        )
-        kept = outputs.logits[0]
-    else:
-        outputs, _ = packed_prompt_forward(model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
-        kept = outputs.logits[0, predicting]
+    args = (model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
+    kept = _logits_at(model, predicting, lambda **kwargs: packed_prompt_forward(*args, **kwargs)[0])
     dense = kept.new_zeros(batch * response_len, kept.size(-1))
     return dense.index_copy(0, rows * response_len + columns, kept).view(batch, response_len, -1)
 

@@ -59,7 +59,8 @@ def _padding_free_attention(
     call: _PackedCall | None = kwargs.pop(_LAYOUT_KWARG, None)
     if call is None:
         raise RuntimeError(
-            f"the {PADDING_FREE_ATTENTION!r} attention only runs inside lit_rlhf.models.padding_free.packed_forward"
+            f"the {PADDING_FREE_ATTENTION!r} attention only runs inside lit_rlhf.models.padding_free.packed_forward "
+            "or packed_prompt_forward"
         )
     call.attention_calls += 1
     layout = call.layout

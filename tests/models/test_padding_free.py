@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from lit_rlhf.models.padding_free import PADDING_FREE_ATTENTION, packed_forward
+from lit_rlhf.models.padding_free import PADDING_FREE_ATTENTION, packed_forward, packed_prompt_forward
 
 LLAMA = {"vocab_size": 40, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
 
@@ -115,3 +115,44 @@ def test_a_model_whose_attention_ignores_the_interface_is_refused():
     ids, mask = batch("right")
     with pytest.raises(ValueError, match="attention interface"):
         packed_forward(OwnAttention(), ids, mask)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [llama, lambda: llama("eager"), lambda: llama(num_key_value_heads=2), gpt2],
+    ids=["llama-sdpa", "llama-eager", "llama-gqa", "gpt2"],
+)
+def test_packed_prompt_forward_equals_full_rows_with_gradients(make):
+    model = make()
+    torch.manual_seed(2)
+    prompt_ids, prompt_mask = batch("left")  # five left-padded prompts of 7, 3, 5, 1 and 7 tokens
+    prompt_index = torch.tensor([2, 0, 4, 1, 3, 0, 2])  # every prompt continued, some twice, in any order
+    lengths = torch.tensor([4, 1, 3, 0, 2, 4, 1])  # one response empty
+    response_mask = (torch.arange(4)[None] < lengths[:, None]).long()
+    response_ids = torch.randint(3, 40, (7, 4))
+    outputs, layout = packed_prompt_forward(model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
+    num_prompt_tokens = int(prompt_mask.sum())
+    assert outputs.logits.shape == (1, num_prompt_tokens + int(lengths.sum()), 40)
+    # The same rows in full: [prompt | response], left-padded prompt, positions from the first real token.
+    full_ids = torch.cat([prompt_ids[prompt_index], response_ids], dim=1)
+    full_mask = torch.cat([prompt_mask[prompt_index], response_mask], dim=1)
+    full = padded_logits(model, full_ids, full_mask)
+    expected = full[:, 7:].flatten(0, 1)[layout.response_token_index]
+    got = outputs.logits[0, num_prompt_tokens:]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # Prompt tokens: each prompt's last logits equal those of every full row that continues it.
+    prompt_last = prompt_mask.sum(dim=1).cumsum(dim=0) - 1
+    torch.testing.assert_close(outputs.logits[0, prompt_last[prompt_index]], full[:, 6], atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(got)
+
+    def grads(values):
+        model.zero_grad()
+        (values * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    packed_grads = grads(got)
+    outputs, _ = packed_prompt_forward(model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
+    full_grads = grads(padded_logits(model, full_ids, full_mask)[:, 7:].flatten(0, 1)[layout.response_token_index])
+    assert packed_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(packed_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
