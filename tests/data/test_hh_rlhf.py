@@ -343,3 +343,18 @@ def test_the_three_configs_train_on_the_fixture_and_chain_their_exports(tmp_path
     assert all("| prompt | greedy response | reward |\n" in t for t in texts["samples/val/text_summary"])
     for name in ("hf/model.safetensors", "hf_critic/model.safetensors"):
         assert os.path.isfile(runs / "ppo" / name), name
+
+
+def test_the_reward_config_packs_each_dialogue_once_with_the_same_losses(tmp_path, model_dir):
+    # configs/hh_rlhf/reward.yaml shares each dialogue between its two replies (KV cache); with padding_free too the
+    # dialogue and both replies run packed (BPE tokens, truncated dialogues, GPT-2's learned positions).
+    losses = {}
+    for packed in ("false", "true"):
+        run_dir = tmp_path / packed / "runs" / "hh_rlhf" / "reward"
+        args = stage_args("reward", str(run_dir), "--model.init_args.model_name_or_path", model_dir)
+        no_dropout = '{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}'  # its masks follow the shapes
+        cli = cli_main([*args, "--model.init_args.padding_free", packed, "--model.init_args.model_config", no_dropout])
+        assert cli.model.hparams.shared_prompt_forward and cli.trainer.global_step == 2
+        losses[packed] = [value for _, value in read_events(str(run_dir))[0]["train/loss"]]
+    assert len(losses["true"]) == 2
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
