@@ -209,31 +209,31 @@ class RLHFModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """``self.clip_gradients``, which also works for a fused optimizer under ``bf16-mixed``.
+        """``self.clip_gradients``, on the true (unscaled) gradients under every precision and optimizer.
 
         Lightning calls this hook with ``trainer.gradient_clip_val`` under automatic optimization; PPO and GRPO call
-        it for their ``max_grad_norm``. Lightning's mixed-precision plugin refuses to clip the gradients of any
-        optimizer that unscales them inside its own step (``fused`` AdamW), because under ``16-mixed`` they are still
-        multiplied by the loss scale when clipping would run. ``bf16-mixed`` has no loss scale, so here they are
-        clipped as under full precision. Under ``16-mixed`` the combination is refused with a message that says what
-        to change.
+        it for their ``max_grad_norm``. Under ``16-mixed`` the gradients are multiplied by the loss scale ``S`` until
+        the scaler unscales them. Lightning unscales them before this hook only for an optimizer that does not
+        unscale inside its own step, and only under automatic optimization: a ``fused`` AdamW (Lightning refuses to
+        clip it at all) and every optimizer of a manual-optimization module (PPO, GRPO; Lightning clips those while
+        scaled, Lightning-AI/pytorch-lightning#9694) reach clipping still scaled. Those are clipped here at ``S``
+        times the threshold, which clips the true gradients at the threshold exactly (norm and value clipping are
+        both linear in the gradients; a step with inf/NaN gradients is skipped by the scaler as usual).
+        ``bf16-mixed`` and full precision have no loss scale.
         """
         plugin = self.trainer.precision_plugin
         inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch optimizer
-        unscales_itself = getattr(inner, "_step_supports_amp_scaling", False)
-        if not (gradient_clip_val and unscales_itself and isinstance(plugin, MixedPrecision)):
+        amp = isinstance(plugin, MixedPrecision)
+        unscales_itself = amp and getattr(inner, "_step_supports_amp_scaling", False)
+        still_scaled = amp and plugin.scaler is not None and (unscales_itself or not self.automatic_optimization)
+        if not gradient_clip_val or not (still_scaled or unscales_itself):  # Lightning's own path is right here
             self.clip_gradients(
                 optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
             )
             return
-        if plugin.scaler is not None:
-            raise ValueError(
-                f"adamw_implementation: fused cannot have its gradients clipped under precision {plugin.precision}: "
-                "the loss scaler unscales them inside the fused step, after clipping. Use bf16-mixed, "
-                "adamw_implementation: foreach, or no gradient clipping"
-            )
+        threshold = gradient_clip_val * plugin.scaler.get_scale() if still_scaled else gradient_clip_val
         algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
-        Precision.clip_gradients(plugin, inner, gradient_clip_val, algorithm)
+        Precision.clip_gradients(plugin, inner, threshold, algorithm)  # past MixedPrecision's refusal of fused
 
     def model_optimizer(self, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
         """:meth:`build_optimizer` over ``self.model`` from the hyperparameters the modules share (``learning_rate``,

@@ -95,13 +95,73 @@ def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
     assert ppo.iteration == 1 and all(state["step"] == 1 for state in actor.state.values())
 
 
-def test_fused_kernel_with_a_loss_scaler_and_clipping_is_refused_with_what_to_change(tmp_path):
+def loss_scaled(scale: float = 2.0**8):
+    """A ``16-mixed`` precision plugin on the CPU with a dynamic loss scaler (Lightning itself turns ``16-mixed`` into
+    ``bf16-mixed`` on the CPU); the small initial scale keeps the tiny model's fp16 gradients finite."""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    module = SFTModule(model_config=TINY_MODEL_CONFIG, adamw_implementation="fused")
-    scaler = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-    trainer = quiet_trainer(
-        tmp_path, 1, accelerator="cpu", plugins=[scaler], gradient_clip_val=1.0, limit_val_batches=0
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=scale))
+
+
+def test_fused_kernel_under_a_loss_scaler_clips_as_lightning_clips_the_other_kernels(tmp_path):
+    # Lightning refuses to clip a fused optimizer's gradients under 16-mixed; lit_rlhf clips them while still scaled,
+    # at the scale times the threshold. The same run with foreach (unscaled by Lightning, then clipped) is the
+    # reference.
+    weights = {}
+    for kernel in ("foreach", "fused"):
+        L.seed_everything(0)
+        module = SFTModule(model_config=TINY_MODEL_CONFIG, learning_rate=1e-2, adamw_implementation=kernel)
+        start = {k: v.clone() for k, v in module.model.state_dict().items()}
+        trainer = quiet_trainer(
+            tmp_path / kernel,
+            3,
+            accelerator="cpu",
+            plugins=[loss_scaled()],
+            gradient_clip_val=1e-2,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, ArithmeticDataModule(num_train=96, num_val=8, batch_size=32))
+        optimizer = trainer.optimizers[0]
+        assert all(state["step"] == 3 for state in optimizer.state.values())  # no step skipped for overflow
+        weights[kernel] = module.model.state_dict()
+    assert any(not torch.equal(start[k], weights["fused"][k]) for k in start)
+    for name, value in weights["foreach"].items():
+        # Adam turns rounding noise in near-zero gradients into ~1e-5 moves; unscaled clipping would move ~2e-2.
+        torch.testing.assert_close(weights["fused"][name], value, atol=1e-4, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("kernel", ["for_loop", "fused"])
+@pytest.mark.parametrize("automatic", [True, False], ids=["automatic", "manual"])
+def test_clipping_under_a_loss_scaler_acts_on_the_true_gradients(tmp_path, kernel, automatic):
+    # Where the gradients still carry the loss scale S when clipping runs (a fused kernel; any kernel under manual
+    # optimization, as PPO and GRPO use), they are clipped to S * threshold; where Lightning has unscaled them
+    # already (automatic optimization, for_loop), to the threshold.
+    module = SFTModule(model_config=TINY_MODEL_CONFIG, adamw_implementation=kernel)
+    module.automatic_optimization = automatic
+    plugin = loss_scaled(scale=2.0**10)
+    module.trainer = quiet_trainer(tmp_path, 1, accelerator="cpu", plugins=[plugin])
+    optimizer, _ = module.model_optimizer(total_steps=1)
+    scaled = kernel == "fused" or not automatic
+    for p in module.model.parameters():
+        p.grad = torch.full_like(p, 2.0**10 if scaled else 1.0)
+    module.configure_gradient_clipping(optimizer, 0.5, "norm")
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.model.parameters()]))
+    true_norm = norm.item() / (2.0**10 if scaled else 1.0)
+    assert true_norm == pytest.approx(0.5, rel=1e-4)
+
+
+def test_ppo_trains_under_a_loss_scaler_with_clipping(tmp_path, policy_dir):
+    # Manual optimization: actor and critic clip while their gradients are still scaled, then the scaler steps.
+    L.seed_everything(0)
+    ppo = PPOModule(
+        ArithmeticVerifierReward(),
+        policy_name_or_path=policy_dir,
+        max_new_tokens=6,
+        ppo_epochs=1,
+        max_grad_norm=0.5,
+        adamw_implementation="fused",
     )
-    with pytest.raises(ValueError, match="fused cannot have its gradients clipped under precision 16-mixed"):
-        trainer.fit(module, ArithmeticDataModule(num_train=32, num_val=8, batch_size=16))
+    trainer = quiet_trainer(tmp_path, 2, accelerator="cpu", plugins=[loss_scaled()], limit_val_batches=0)
+    trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
+    actor, _ = trainer.optimizers
+    assert ppo.iteration == 1 and all(state["step"] == 1 for state in actor.state.values())
