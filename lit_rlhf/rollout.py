@@ -130,6 +130,14 @@ def _packed_response_logits(
     # Response token j of row b is predicted at column prompt_len + j - 1 of [prompt | response].
     predicting = packed_of_slot[rows * ids.size(1) + prompt_len + columns - 1]
     kept = packed_logits_at(model, ids, mask, layout, predicting)
+    return _response_grid(kept, rows, columns, batch, response_len)
+
+
+def _response_grid(
+    kept: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, batch: int, response_len: int
+) -> torch.Tensor:
+    """The logits ``kept`` ``(num_real_tokens, vocab)`` of real response tokens ``(rows, columns)`` laid out as
+    ``(batch, response_len, vocab)``, zeros at response padding."""
     dense = kept.new_zeros(batch * response_len, kept.size(-1))
     return dense.index_copy(0, rows * response_len + columns, kept).view(batch, response_len, -1)
 
@@ -232,8 +240,7 @@ def _packed_shared_response_logits(
     predicting = torch.where(starts_row, prompt_last[prompt_index.to(rows.device)[rows]], own)
     args = (model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
     kept = _logits_at(model, predicting, lambda **kwargs: packed_prompt_forward(*args, **kwargs)[0])
-    dense = kept.new_zeros(batch * response_len, kept.size(-1))
-    return dense.index_copy(0, rows * response_len + columns, kept).view(batch, response_len, -1)
+    return _response_grid(kept, rows, columns, batch, response_len)
 
 
 def _response_logprobs(
