@@ -65,6 +65,18 @@ def test_reward_model_and_grpo_optimizers_use_the_kernel(policy_dir):
     assert kernel_of(optimizer) == (True, False)
 
 
+def fused_clipped_ppo(policy_dir: str) -> PPOModule:
+    """A small PPO module whose actor and critic step with fused AdamW and clip at ``max_grad_norm`` 0.5."""
+    return PPOModule(
+        ArithmeticVerifierReward(),
+        policy_name_or_path=policy_dir,
+        max_new_tokens=6,
+        ppo_epochs=1,
+        max_grad_norm=0.5,
+        adamw_implementation="fused",
+    )
+
+
 def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
     """Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients; bf16-mixed has no loss
     scale, so lit_rlhf clips them (SFT: trainer.gradient_clip_val; PPO: max_grad_norm, clipped by the module, whose
@@ -80,14 +92,7 @@ def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in sft.parameters()]))
     assert norm.item() == pytest.approx(1e-3, rel=1e-3)
 
-    ppo = PPOModule(
-        ArithmeticVerifierReward(),
-        policy_name_or_path=policy_dir,
-        max_new_tokens=6,
-        ppo_epochs=1,
-        max_grad_norm=0.5,
-        adamw_implementation="fused",
-    )
+    ppo = fused_clipped_ppo(policy_dir)
     trainer = quiet_trainer(tmp_path / "ppo", 2, precision="bf16-mixed", limit_val_batches=0)
     trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
     actor, critic = trainer.optimizers
@@ -153,14 +158,7 @@ def test_clipping_under_a_loss_scaler_acts_on_the_true_gradients(tmp_path, kerne
 def test_ppo_trains_under_a_loss_scaler_with_clipping(tmp_path, policy_dir):
     # Manual optimization: actor and critic clip while their gradients are still scaled, then the scaler steps.
     L.seed_everything(0)
-    ppo = PPOModule(
-        ArithmeticVerifierReward(),
-        policy_name_or_path=policy_dir,
-        max_new_tokens=6,
-        ppo_epochs=1,
-        max_grad_norm=0.5,
-        adamw_implementation="fused",
-    )
+    ppo = fused_clipped_ppo(policy_dir)
     trainer = quiet_trainer(tmp_path, 2, accelerator="cpu", plugins=[loss_scaled()], limit_val_batches=0)
     trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
     actor, _ = trainer.optimizers
