@@ -16,7 +16,13 @@ import torch
 from transformers import PreTrainedModel
 
 from lit_rlhf.functional.logprobs import logprobs_from_logits
-from lit_rlhf.functional.padding import PackedRows, pack_rows, position_ids_from_mask
+from lit_rlhf.functional.padding import (
+    PackedRows,
+    pack_prompt_responses,
+    pack_rows,
+    position_ids_from_mask,
+    response_predictors,
+)
 from lit_rlhf.functional.ppo import entropy_from_logits
 from lit_rlhf.models.padding_free import packed_forward, packed_prompt_forward
 from lit_rlhf.models.scoring import packed_token_scores, token_scores
@@ -122,7 +128,7 @@ def _packed_response_logits(
 ) -> torch.Tensor:
     """Logits that predict each response token ``(batch, response_len, vocab)`` from one packed forward pass over
     the real tokens of ``[prompt | response]`` rows ``ids``/``mask``; zeros where the response is padding."""
-    batch, response_len = response_mask.shape
+    response_len = response_mask.size(1)
     layout = pack_rows(mask)
     packed_of_slot = torch.full((ids.numel(),), -1, dtype=torch.long, device=ids.device)
     packed_of_slot[layout.token_index] = torch.arange(layout.token_index.numel(), device=ids.device)
@@ -130,16 +136,15 @@ def _packed_response_logits(
     # Response token j of row b is predicted at column prompt_len + j - 1 of [prompt | response].
     predicting = packed_of_slot[rows * ids.size(1) + prompt_len + columns - 1]
     kept = packed_logits_at(model, ids, mask, layout, predicting)
-    return _response_grid(kept, rows, columns, batch, response_len)
+    return _response_grid(kept, rows * response_len + columns, response_mask)
 
 
-def _response_grid(
-    kept: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, batch: int, response_len: int
-) -> torch.Tensor:
-    """The logits ``kept`` ``(num_real_tokens, vocab)`` of real response tokens ``(rows, columns)`` laid out as
-    ``(batch, response_len, vocab)``, zeros at response padding."""
+def _response_grid(kept: torch.Tensor, token_index: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The logits ``kept`` ``(num_real_tokens, vocab)`` of the real response tokens at ``token_index`` of the
+    flattened ``(batch, response_len)`` responses, laid out as ``(batch, response_len, vocab)``, zeros at padding."""
+    batch, response_len = response_mask.shape
     dense = kept.new_zeros(batch * response_len, kept.size(-1))
-    return dense.index_copy(0, rows * response_len + columns, kept).view(batch, response_len, -1)
+    return dense.index_copy(0, token_index, kept).view(batch, response_len, -1)
 
 
 def packed_logits_at(
@@ -229,18 +234,10 @@ def _packed_shared_response_logits(
 ) -> torch.Tensor:
     """Logits that predict each response token ``(n, response_len, vocab)`` from one packed pass over the distinct
     prompts and the responses; zeros where the response is padding."""
-    batch, response_len = response_mask.shape
-    rows, columns = response_mask.bool().nonzero(as_tuple=True)  # real response tokens in packed order
-    num_prompt_tokens = int(prompt_mask.sum())
-    prompt_last = prompt_mask.long().sum(dim=1).cumsum(dim=0) - 1  # packed index of each prompt's last token
-    starts_row = torch.ones_like(rows, dtype=torch.bool)
-    starts_row[1:] = rows[1:] != rows[:-1]
-    # A response's first token is predicted at its prompt's last token, every other one at the token before it.
-    own = num_prompt_tokens + torch.arange(rows.numel(), device=rows.device) - 1
-    predicting = torch.where(starts_row, prompt_last[prompt_index.to(rows.device)[rows]], own)
-    args = (model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
-    kept = _logits_at(model, predicting, lambda **kwargs: packed_prompt_forward(*args, **kwargs)[0])
-    return _response_grid(kept, rows, columns, batch, response_len)
+    layout = pack_prompt_responses(prompt_mask, response_mask, prompt_index)
+    args = (model, prompt_ids, prompt_mask, prompt_index, response_ids, response_mask, layout)
+    kept = _logits_at(model, response_predictors(layout), lambda **kwargs: packed_prompt_forward(*args, **kwargs)[0])
+    return _response_grid(kept, layout.response_token_index, response_mask)
 
 
 def _response_logprobs(

@@ -15,6 +15,7 @@ from lit_rlhf.functional.padding import (
     pack_rows,
     pad_left,
     pad_right,
+    response_predictors,
 )
 from lit_rlhf.functional.ppo import (
     PolicyStats,
@@ -79,6 +80,7 @@ __all__ = [
     "packed_targets",
     "pad_left",
     "pad_right",
+    "response_predictors",
     "pair_scores",
     "masked_sum",
     "masked_whiten",

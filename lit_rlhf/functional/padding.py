@@ -117,31 +117,24 @@ def pack_rows(attention_mask: torch.Tensor) -> PackedRows:
     Returns:
         The layout; ``num_tokens = attention_mask.sum()``.
     """
-    mask = attention_mask.bool()
-    batch, seq_len = mask.shape
-    lengths = mask.sum(dim=1)
-    if bool((lengths == 0).any()):
+    if bool((attention_mask.sum(dim=1) == 0).any()):
         raise ValueError("pack_rows needs at least one real token in every row")
-    first = mask.long().argmax(dim=1)
-    if not bool((mask.long().cumsum(dim=1).gather(1, (first + lengths - 1).unsqueeze(1)).squeeze(1) == lengths).all()):
-        raise ValueError("pack_rows needs each row's real tokens to be contiguous")
-    token_index = mask.flatten().nonzero().squeeze(1)
-    starts = lengths.cumsum(dim=0) - lengths  # packed offset of each row's first token
-    position_ids = torch.arange(token_index.numel(), device=mask.device) - starts.repeat_interleave(lengths)
+    token_index, position_ids, lengths = _real_token_index(attention_mask, "pack_rows")
     width = int(lengths.max())
-    slot_index = torch.arange(batch, device=mask.device).repeat_interleave(lengths) * width + position_ids
+    slot_index = torch.arange(lengths.numel(), device=lengths.device).repeat_interleave(lengths) * width + position_ids
     return PackedRows(token_index, position_ids, slot_index, lengths, width)
 
 
-def _real_token_index(mask: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(token_index, position_ids, lengths)`` of a padded batch's real tokens (rows may be empty), after checking
-    that each row's real tokens are contiguous."""
+def _real_token_index(mask: torch.Tensor, caller: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(token_index, position_ids, lengths)`` of a padded batch's real tokens, row by row (rows may be empty):
+    their indices in the flattened batch, their positions within their row, and each row's count; ``caller`` names
+    the function in the error raised when a row's real tokens are not contiguous."""
     mask = mask.bool()
     lengths = mask.sum(dim=1)
     first = mask.long().argmax(dim=1)
     last_count = mask.long().cumsum(dim=1).gather(1, (first + lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
     if not bool(((last_count == lengths) | (lengths == 0)).all()):
-        raise ValueError(f"each row's real {what} tokens must be contiguous")
+        raise ValueError(f"{caller} needs each row's real tokens to be contiguous")
     token_index = mask.flatten().nonzero().squeeze(1)
     starts = lengths.cumsum(dim=0) - lengths
     position_ids = torch.arange(token_index.numel(), device=mask.device) - starts.repeat_interleave(lengths)
@@ -203,8 +196,10 @@ def pack_prompt_responses(
     num_prompts, rows = prompt_mask.size(0), response_mask.size(0)
     if prompt_index.shape != (rows,):
         raise ValueError(f"prompt_index must have shape ({rows},), got {tuple(prompt_index.shape)}")
-    prompt_tokens, prompt_positions, prompt_lengths = _real_token_index(prompt_mask, "prompt")
-    response_tokens, response_positions, response_lengths = _real_token_index(response_mask, "response")
+    prompt_tokens, prompt_positions, prompt_lengths = _real_token_index(prompt_mask, "pack_prompt_responses (prompts)")
+    response_tokens, response_positions, response_lengths = _real_token_index(
+        response_mask, "pack_prompt_responses (responses)"
+    )
     if bool((prompt_lengths == 0).any()):
         raise ValueError("every prompt needs at least one real token")
     device = prompt_mask.device
@@ -245,3 +240,20 @@ def pack_prompt_responses(
         rows=rows,
         width=width,
     )
+
+
+def response_predictors(layout: PackedPromptRows) -> torch.Tensor:
+    """The packed position whose output predicts each response token of a :class:`PackedPromptRows` row.
+
+    A token is predicted by the one before it in its full ``[prompt | response]`` row: for a response's first token,
+    the last token of its prompt; for the others, the response token before it. In the grid that is the slot left of
+    the token's own slot.
+
+    Args:
+        layout: from :func:`pack_prompt_responses`.
+
+    Returns:
+        ``(num_response_tokens,)`` packed positions, in the packed order of the response tokens.
+    """
+    num_prompt_tokens = layout.prompt_token_index.numel()
+    return layout.grid_index[layout.output_slot[num_prompt_tokens:] - 1]

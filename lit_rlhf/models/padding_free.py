@@ -171,6 +171,7 @@ def packed_prompt_forward(
     prompt_index: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    layout: PackedPromptRows | None = None,
     **kwargs: Any,
 ) -> tuple[Any, PackedPromptRows]:
     """Run ``model`` on each distinct prompt once and every response after its prompt, all packed into one row.
@@ -188,6 +189,7 @@ def packed_prompt_forward(
         prompt_index: ``(n,)`` the prompt each response continues (any order, repeats allowed; every prompt used).
         response_ids: ``(n, response_len)`` responses, padded on either side (a response may be empty).
         response_mask: ``(n, response_len)`` their 0/1 mask.
+        layout: ``pack_prompt_responses(prompt_mask, response_mask, prompt_index)`` when the caller has it already.
         **kwargs: passed on to the model's forward (e.g. ``logits_to_keep``); ``use_cache`` is off.
 
     Returns:
@@ -198,7 +200,7 @@ def packed_prompt_forward(
     Raises:
         ValueError: as for :func:`packed_forward`, or a prompt no response continues.
     """
-    layout = pack_prompt_responses(prompt_mask, response_mask, prompt_index)
+    layout = pack_prompt_responses(prompt_mask, response_mask, prompt_index) if layout is None else layout
     packed_ids = torch.cat(
         [
             prompt_ids.flatten().index_select(0, layout.prompt_token_index),

@@ -3,7 +3,14 @@ import itertools
 import pytest
 import torch
 
-from lit_rlhf.functional.padding import length_chunks, pack_prompt_responses, pack_rows, pad_left, pad_right
+from lit_rlhf.functional.padding import (
+    length_chunks,
+    pack_prompt_responses,
+    pack_rows,
+    pad_left,
+    pad_right,
+    response_predictors,
+)
 
 
 def positions(chunks):
@@ -105,6 +112,9 @@ def test_pack_prompt_responses_on_a_hand_computed_batch():
     assert layout.output_slot.tolist() == [5, 6, 0, 1, 2, 3, 4, 7, 13]
     # Every packed token's output slot holds that token in the grid.
     assert torch.equal(layout.grid_index[layout.output_slot], torch.arange(9))
+    # Who predicts each response token (packed 5-8): response 0's first token (5) prompt 1's last token (4), its
+    # second (6) the token 5; response 1's only token (7) prompt 0's last token (1); response 2's (8) token 4.
+    assert response_predictors(layout).tolist() == [4, 5, 1, 4]
 
 
 def test_pack_prompt_responses_refuses_what_it_cannot_lay_out():
