@@ -51,22 +51,23 @@ def greedy_slips(model, tokenizer, rows, greedy) -> None:
     import torch
 
     from lit_rlhf.data.arithmetic_task import exact_match
+    from lit_rlhf.data.tokenization import encode_prompt, encode_response
 
     positions, kinds, probabilities, ranks = Counter(), Counter(), [], Counter()
     for text, row in zip(greedy, rows):
         if exact_match(text, row["answer"]):
             continue
-        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        answer = tokenizer(" " + row["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt = encode_prompt(tokenizer, row["prompt"], chat=False)
+        answer = encode_response(tokenizer, row["answer"])
         with torch.no_grad():
             logprobs = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
-        for position, (target, row_logprobs) in enumerate(zip(answer, logprobs)):
-            top = row_logprobs.argmax().item()
-            if top != target:
-                break
-        else:
+        top_tokens = logprobs.argmax(-1).tolist()
+        wrong_at = [i for i, (top, target) in enumerate(zip(top_tokens, answer)) if top != target]
+        if not wrong_at:
             kinds["greedy differs, teacher-forced argmax does not"] += 1
             continue
+        position = wrong_at[0]
+        target, top, row_logprobs = answer[position], top_tokens[position], logprobs[position]
         if target == tokenizer.eos_token_id:
             kinds["a term too many"] += 1
         elif top == tokenizer.eos_token_id:

@@ -75,7 +75,7 @@ def test_default_reward_config_on_the_sft_export(runs, tmp_path):
     accuracy = {tag: values[-1][1] for tag, values in scalars.items() if tag.startswith("val/accuracy")}
     # Floors well under the figures in docs/benchmarks.md: they catch a broken pipeline, not a tuning regression.
     assert accuracy["val/accuracy/synthetic"] >= 0.85, accuracy
-    assert accuracy["val/accuracy/exact_vs_wrong"] >= 0.65, accuracy
+    assert accuracy["val/accuracy/exact_vs_wrong"] >= 0.75, accuracy  # 85.9% measured, 77-79% at the old 1600 steps
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "hf")
