@@ -24,7 +24,7 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_line, use_threads  # noqa: E402
+from benchmarks.common import held_out_arithmetic, machine_line, use_threads  # noqa: E402
 
 
 def best_of_n_table(correct, scores) -> list[tuple[int, float, float]]:
@@ -103,20 +103,13 @@ def main() -> None:
     use_threads(args.threads)
     import torch
 
-    from lit_rlhf.data.arithmetic import ArithmeticDataModule
     from lit_rlhf.data.arithmetic_task import exact_match
     from lit_rlhf.generation import decode_responses, generate, generate_for_batch
-    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
     from lit_rlhf.rewards import RewardModelReward
 
     print(machine_line())
-    tokenizer = load_tokenizer(args.policy)
-    model = load_causal_lm(args.policy, tokenizer).eval()
+    model, tokenizer, batch = held_out_arithmetic(args.policy, args.num_val, args.data_seed)
     reward = RewardModelReward(args.reward_model, normalize=False, batch_size=512)
-    data = ArithmeticDataModule(num_val=args.num_val, seed=args.data_seed, eval_batch_size=args.num_val)
-    data.connect(tokenizer)
-    data.setup("validate")
-    batch = next(iter(data.val_dataloader()))
     rows = batch["rows"]
     prompts = [row["prompt"] for row in rows]
     answers = [row["answer"] for row in rows]

@@ -23,7 +23,7 @@ from math import comb
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_line, use_threads  # noqa: E402
+from benchmarks.common import held_out_arithmetic, machine_line, use_threads  # noqa: E402
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -48,18 +48,11 @@ def main() -> None:
     use_threads(args.threads)
     import torch
 
-    from lit_rlhf.data.arithmetic import ArithmeticDataModule
     from lit_rlhf.data.arithmetic_task import exact_match
     from lit_rlhf.generation import decode_responses, generate, generate_for_batch
-    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 
     print(machine_line())
-    tokenizer = load_tokenizer(args.policy)
-    model = load_causal_lm(args.policy, tokenizer).eval()
-    data = ArithmeticDataModule(num_val=args.num_val, seed=args.data_seed, eval_batch_size=args.num_val)
-    data.connect(tokenizer)
-    data.setup("validate")
-    batch = next(iter(data.val_dataloader()))
+    model, tokenizer, batch = held_out_arithmetic(args.policy, args.num_val, args.data_seed)
     _, greedy = generate_for_batch(model, tokenizer, batch, args.max_new_tokens)
     answers = [row["answer"] for row in batch["rows"]]
     wrong = [i for i, (text, answer) in enumerate(zip(greedy, answers)) if not exact_match(text, answer)]

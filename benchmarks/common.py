@@ -285,3 +285,19 @@ def lit_versions() -> str:
         f"lit_rlhf venv: lightning {lightning.__version__}, transformers {transformers.__version__}, torch "
         f"{torch.__version__}"
     )
+
+
+def held_out_arithmetic(policy: str, num_val: int, data_seed: int):
+    """A policy, its tokenizer and the arithmetic held-out set as one batch: ``(model, tokenizer, batch)``.
+
+    The model is in eval mode; ``batch`` holds all ``num_val`` left-padded prompts and their ``rows``.
+    """
+    from lit_rlhf.data.arithmetic import ArithmeticDataModule
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(policy)
+    model = load_causal_lm(policy, tokenizer).eval()
+    data = ArithmeticDataModule(num_val=num_val, seed=data_seed, eval_batch_size=num_val)
+    data.connect(tokenizer)
+    data.setup("validate")
+    return model, tokenizer, next(iter(data.val_dataloader()))
