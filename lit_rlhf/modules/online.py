@@ -4,6 +4,7 @@ manual optimization, greedy validation with gold metrics and a sample table, and
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,8 @@ from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.modules.base import CHECKPOINT_KEY, RLHFModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.tables import log_text, markdown_table
+
+_AFTER_STEP_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization and every_n_train_steps"
 
 
 class OnlineRLModule(RLHFModule):
@@ -75,8 +78,14 @@ class OnlineRLModule(RLHFModule):
 
     def on_fit_start(self) -> None:
         self._move_frozen_to_module_device()
+        # Lightning 2.6's ModelCheckpoint warns at mid-run saves of a manual-optimization module that the checkpoint
+        # holds the weights from *after* the step, and suggests keeping copies from before it. After the step is
+        # right here: the optimizer states, the global step and the iteration counter are from after it too, so a
+        # resumed run continues from one consistent state (the resume tests). Only that message is silenced.
+        warnings.filterwarnings("ignore", message=_AFTER_STEP_CHECKPOINT_WARNING, category=UserWarning)
 
-    on_validation_start = on_fit_start
+    def on_validation_start(self) -> None:
+        self._move_frozen_to_module_device()
 
     def teardown(self, stage: str) -> None:
         # After a run Lightning moves the module back to the CPU; the frozen models and the reward source, kept out
