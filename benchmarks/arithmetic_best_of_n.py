@@ -24,7 +24,13 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import held_out_arithmetic, machine_line, use_threads  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    greedy_arithmetic,
+    held_out_arithmetic,
+    machine_line,
+    sample_answers,
+    use_threads,
+)
 
 
 def best_of_n_table(correct, scores) -> list[tuple[int, float, float]]:
@@ -104,7 +110,6 @@ def main() -> None:
     import torch
 
     from lit_rlhf.data.arithmetic_task import exact_match
-    from lit_rlhf.generation import decode_responses, generate, generate_for_batch
     from lit_rlhf.rewards import RewardModelReward
 
     print(machine_line())
@@ -113,28 +118,18 @@ def main() -> None:
     rows = batch["rows"]
     prompts = [row["prompt"] for row in rows]
     answers = [row["answer"] for row in rows]
-    _, greedy = generate_for_batch(model, tokenizer, batch, args.max_new_tokens)
-    greedy_rate = sum(exact_match(t, a) for t, a in zip(greedy, answers)) / len(rows)
+    greedy, greedy_right = greedy_arithmetic(model, tokenizer, batch, args.max_new_tokens)
+    greedy_rate = sum(greedy_right) / len(rows)
 
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     correct = torch.zeros(len(rows), args.samples)
     scores = torch.zeros(len(rows), args.samples)
-    with torch.no_grad():
-        for j in range(args.samples):
-            generation = generate(
-                model,
-                batch["prompt_input_ids"],
-                batch["prompt_attention_mask"],
-                max_new_tokens=args.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                do_sample=True,
-                temperature=args.temperature,
-            )
-            texts = decode_responses(tokenizer, generation)
-            correct[:, j] = torch.tensor([exact_match(t, a) for t, a in zip(texts, answers)])
-            scores[:, j] = reward(prompts, texts, rows, generation.has_eos.tolist())
+    ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+    for j in range(args.samples):
+        generation, texts = sample_answers(model, tokenizer, ids, mask, args.max_new_tokens, args.temperature)
+        correct[:, j] = torch.tensor([exact_match(t, a) for t, a in zip(texts, answers)])
+        scores[:, j] = reward(prompts, texts, rows, generation.has_eos.tolist())
     print(
         f"{args.policy} (greedy exact-match {greedy_rate:.1%}) scored by {args.reward_model}: {len(rows)} prompts x "
         f"{args.samples} samples at T={args.temperature} in {time.perf_counter() - start:.0f} s"

@@ -19,18 +19,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import held_out_arithmetic, machine_line, use_threads  # noqa: E402
+from benchmarks.common import greedy_arithmetic, held_out_arithmetic, machine_line, use_threads  # noqa: E402
 
 
 def greedy_right(policy: str, num_val: int, data_seed: int, max_new_tokens: int) -> tuple[list[bool], list, list]:
     """Per held-out problem: is the greedy answer exactly right; with the rows and the answers themselves."""
-    from lit_rlhf.data.arithmetic_task import exact_match
-    from lit_rlhf.generation import generate_for_batch
-
     model, tokenizer, batch = held_out_arithmetic(policy, num_val, data_seed)
-    _, texts = generate_for_batch(model, tokenizer, batch, max_new_tokens)
-    rows = batch["rows"]
-    return [bool(exact_match(text, row["answer"])) for text, row in zip(texts, rows)], rows, texts
+    texts, right = greedy_arithmetic(model, tokenizer, batch, max_new_tokens)
+    return right, batch["rows"], texts
 
 
 def main() -> None:

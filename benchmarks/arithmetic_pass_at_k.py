@@ -23,7 +23,13 @@ from math import comb
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import held_out_arithmetic, machine_line, use_threads  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    greedy_arithmetic,
+    held_out_arithmetic,
+    machine_line,
+    sample_answers,
+    use_threads,
+)
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -49,13 +55,12 @@ def main() -> None:
     import torch
 
     from lit_rlhf.data.arithmetic_task import exact_match
-    from lit_rlhf.generation import decode_responses, generate, generate_for_batch
 
     print(machine_line())
     model, tokenizer, batch = held_out_arithmetic(args.policy, args.num_val, args.data_seed)
-    _, greedy = generate_for_batch(model, tokenizer, batch, args.max_new_tokens)
+    _, greedy_right = greedy_arithmetic(model, tokenizer, batch, args.max_new_tokens)
     answers = [row["answer"] for row in batch["rows"]]
-    wrong = [i for i, (text, answer) in enumerate(zip(greedy, answers)) if not exact_match(text, answer)]
+    wrong = [i for i, right in enumerate(greedy_right) if not right]
     greedy_rate = 1 - len(wrong) / len(answers)
     print(f"{args.policy}: greedy exact-match {greedy_rate:.1%}; {len(wrong)} of {len(answers)} held-out wrong")
     ks = [k for k in args.ks if k <= args.samples]
@@ -66,20 +71,10 @@ def main() -> None:
     for temperature in args.temperatures:
         torch.manual_seed(args.seed)
         correct = [0] * len(wrong)
-        with torch.no_grad():
-            for _ in range(args.samples):
-                generation = generate(
-                    model,
-                    ids,
-                    mask,
-                    max_new_tokens=args.max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    do_sample=True,
-                    temperature=temperature,
-                )
-                for j, text in enumerate(decode_responses(tokenizer, generation)):
-                    correct[j] += int(exact_match(text, answers[wrong[j]]))
+        for _ in range(args.samples):
+            _, texts = sample_answers(model, tokenizer, ids, mask, args.max_new_tokens, temperature)
+            for j, text in enumerate(texts):
+                correct[j] += int(exact_match(text, answers[wrong[j]]))
         rates = [sum(pass_at_k(args.samples, c, k) for c in correct) / len(wrong) for k in ks]
         ceiling = greedy_rate + (1 - greedy_rate) * rates[-1]
         solved = sum(c > 0 for c in correct)

@@ -301,3 +301,32 @@ def held_out_arithmetic(policy: str, num_val: int, data_seed: int):
     data.connect(tokenizer)
     data.setup("validate")
     return model, tokenizer, next(iter(data.val_dataloader()))
+
+
+def greedy_arithmetic(model, tokenizer, batch, max_new_tokens: int) -> tuple[list[str], list[bool]]:
+    """The greedy answers to ``batch`` (from :func:`held_out_arithmetic`) and whether each is exactly right."""
+    from lit_rlhf.data.arithmetic_task import exact_match
+    from lit_rlhf.generation import generate_for_batch
+
+    _, texts = generate_for_batch(model, tokenizer, batch, max_new_tokens)
+    return texts, [bool(exact_match(text, row["answer"])) for text, row in zip(texts, batch["rows"])]
+
+
+def sample_answers(model, tokenizer, input_ids, attention_mask, max_new_tokens: int, temperature: float):
+    """One sampled answer per left-padded prompt row: ``(Generation, decoded texts)``, without gradients."""
+    import torch
+
+    from lit_rlhf.generation import decode_responses, generate
+
+    with torch.no_grad():
+        generation = generate(
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=temperature,
+        )
+    return generation, decode_responses(tokenizer, generation)
