@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.common import (  # noqa: E402
+    add_held_out_arguments,
     greedy_arithmetic,
     held_out_arithmetic,
     machine_line,
@@ -97,14 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("policy", help="HF policy folder, e.g. runs/arithmetic/sft/hf")
     parser.add_argument("reward_model", help="HF reward-model folder, e.g. runs/arithmetic/reward/hf")
-    parser.add_argument("--num-val", type=int, default=512)
-    parser.add_argument("--data-seed", type=int, default=1234, help="ArithmeticDataModule seed (held-out split)")
     parser.add_argument("--samples", type=int, default=64, help="samples per prompt (a power of two)")
     parser.add_argument("--temperature", type=float, default=0.7, help="the PPO config's rollout temperature")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="the PPO config's max_new_tokens")
     parser.add_argument("--slips", action="store_true", help="also analyse the greedy answers' first wrong token")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--threads", type=int, default=2)
+    add_held_out_arguments(parser)
     args = parser.parse_args()
     use_threads(args.threads)
     import torch

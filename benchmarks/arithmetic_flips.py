@@ -19,7 +19,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import greedy_arithmetic, held_out_arithmetic, machine_line, use_threads  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_held_out_arguments,
+    greedy_arithmetic,
+    held_out_arithmetic,
+    machine_line,
+    use_threads,
+)
 
 
 def greedy_right(policy: str, num_val: int, data_seed: int, max_new_tokens: int) -> tuple[list[bool], list, list]:
@@ -33,11 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", help="HF policy folder the others are compared with, e.g. runs/arithmetic/sft/hf")
     parser.add_argument("policies", nargs="+", help="HF policy folders, e.g. runs/arithmetic/ppo/hf")
-    parser.add_argument("--num-val", type=int, default=512)
-    parser.add_argument("--data-seed", type=int, default=1234, help="ArithmeticDataModule seed (held-out split)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--show", type=int, default=0, help="examples of fixed and broken problems per policy")
-    parser.add_argument("--threads", type=int, default=2)
+    add_held_out_arguments(parser)
     args = parser.parse_args()
     use_threads(args.threads)
 

@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.common import (  # noqa: E402
+    add_held_out_arguments,
     greedy_arithmetic,
     held_out_arithmetic,
     machine_line,
@@ -42,14 +43,12 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("policy", help="HF policy folder, e.g. runs/arithmetic/sft/hf")
-    parser.add_argument("--num-val", type=int, default=512)
-    parser.add_argument("--data-seed", type=int, default=1234, help="ArithmeticDataModule seed (held-out split)")
     parser.add_argument("--samples", type=int, default=64, help="samples per wrong problem and temperature")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.7, 1.0])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--threads", type=int, default=2)
+    add_held_out_arguments(parser)
     args = parser.parse_args()
     use_threads(args.threads)
     import torch

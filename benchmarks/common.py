@@ -330,3 +330,11 @@ def sample_answers(model, tokenizer, input_ids, attention_mask, max_new_tokens: 
             temperature=temperature,
         )
     return generation, decode_responses(tokenizer, generation)
+
+
+def add_held_out_arguments(parser) -> None:
+    """``--num-val``, ``--data-seed`` and ``--threads``: the held-out set of :func:`held_out_arithmetic`, and torch
+    threads."""
+    parser.add_argument("--num-val", type=int, default=512)
+    parser.add_argument("--data-seed", type=int, default=1234, help="ArithmeticDataModule seed (held-out split)")
+    parser.add_argument("--threads", type=int, default=2)
