@@ -6,6 +6,7 @@ and with ``SFTModule(padding_free=True)``: one pass over the real tokens packed 
     .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 2 packed   # padding_free as a third setting
     .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1 packed_all_logits packed \
         --model-config '{"vocab_size": 49152}'     # the LM head over every packed position, and only where needed
+    .venv/bin/python benchmarks/sft_length_chunks.py --chunks 1_all_logits 1 --model-config '{"vocab_size": 49152}'
     python benchmarks/sft_length_chunks.py --device cuda --bf16 --chunks 1 packed_all_logits packed --model-config ...
 
 Builds ``configs/arithmetic/sft.yaml``'s model (a fresh ``tiny-arithmetic`` Llama) and data (batch 64), takes the
@@ -14,9 +15,10 @@ settings alternating round by round so that drifts of the machine's speed hit al
 of pad positions each ``k`` leaves and the median milliseconds per step, with each ``k``'s speed-up over ``k = 1``
 (ratio of medians). Only the training step is timed: data loading, logging and validation are not.
 ``packed`` computes the LM head only where a response token is predicted (``logits_to_keep``);
-``packed_all_logits`` is the same packed pass with the LM head over every position. ``--model-config`` overrides the
-model's ``LlamaConfig`` fields (e.g. a real tokenizer's vocabulary size, or another shape); ``--adamw-implementation``
-picks the optimizer's kernel.
+``packed_all_logits`` is the same packed pass with the LM head over every position; likewise ``1`` (padded) computes
+it from the position before the batch's first response token on, and ``1_all_logits`` over every position.
+``--model-config`` overrides the model's ``LlamaConfig`` fields (e.g. a real tokenizer's vocabulary size, or another
+shape); ``--adamw-implementation`` picks the optimizer's kernel.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def main() -> None:
         "--chunks",
         nargs="+",
         default=["1", "2", "3"],
-        help="length_chunks settings; 'packed' = padding_free; 'packed_all_logits' = padding_free, LM head everywhere",
+        help="length_chunks settings; 'packed' = padding_free; a suffix '_all_logits' = the LM head everywhere",
     )
     parser.add_argument("--model-config", type=json.loads, default=None, help="JSON of LlamaConfig overrides")
     parser.add_argument("--adamw-implementation", default=None, choices=["for_loop", "foreach", "fused"])
@@ -54,6 +56,7 @@ def main() -> None:
     import lightning as L
     import torch
 
+    import lit_rlhf.modules.sft as sft_module
     import lit_rlhf.rollout as rollout
     from lit_rlhf.data import ArithmeticDataModule
     from lit_rlhf.functional.padding import length_chunks
@@ -82,14 +85,20 @@ def main() -> None:
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     print(f"{len(batches)} batches of {batches[0]['input_ids'].size(0)} rows, {real} real token positions")
     packed = ("packed", "packed_all_logits")
-    settings = [k if k in packed else int(k) for k in args.chunks]
+    settings = args.chunks
+    chunks = {k: 1 if k in packed else int(k.removesuffix("_all_logits")) for k in settings}
     keeps_logits = rollout.takes_logits_to_keep
+
+    def name(k: str) -> str:
+        base = "padding_free" if k in packed else f"length_chunks={chunks[k]}"
+        return f"{base}, LM head everywhere" if k.endswith("_all_logits") else base
+
     for k in settings:
         if k in packed:
-            print(f"{k}: {real} positions computed, 0.0% of them padding")
+            print(f"{name(k)}: {real} positions computed, 0.0% of them padding")
             continue
-        cost = sum(len(r) * w for b in batches for r, w in length_chunks(b["attention_mask"].sum(dim=1), k))
-        print(f"length_chunks={k}: {cost} positions computed, {1 - real / cost:.1%} of them padding")
+        cost = sum(len(r) * w for b in batches for r, w in length_chunks(b["attention_mask"].sum(dim=1), chunks[k]))
+        print(f"{name(k)}: {cost} positions computed, {1 - real / cost:.1%} of them padding")
 
     def step(batch: dict) -> None:
         with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
@@ -98,12 +107,13 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
 
-    times: dict[int | str, list[float]] = {k: [] for k in settings}
+    times: dict[str, list[float]] = {k: [] for k in settings}
     for _ in range(args.rounds):
         for k in settings:
             module.hparams.padding_free = k in packed
-            module.hparams.length_chunks = 1 if k in packed else k
-            rollout.takes_logits_to_keep = (lambda model: False) if k == "packed_all_logits" else keeps_logits
+            module.hparams.length_chunks = chunks[k]
+            keeps = (lambda model: False) if k.endswith("_all_logits") else keeps_logits
+            rollout.takes_logits_to_keep = sft_module.takes_logits_to_keep = keeps
             step(batches[0])  # warm-up
             synchronize()
             start = time.perf_counter()
@@ -111,8 +121,7 @@ def main() -> None:
                 step(batch)
             synchronize()
             times[k].append((time.perf_counter() - start) / len(batches) * 1000)
-    name = {"packed": "padding_free", "packed_all_logits": "padding_free, LM head everywhere"}
-    print_step_medians({name.get(k, f"length_chunks={k}"): times[k] for k in settings})
+    print_step_medians({name(k): times[k] for k in settings})
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from lit_rlhf.functional.sft import (
     packed_labels,
     packed_targets,
     sft_loss,
+    supervised_window,
     token_cross_entropy,
 )
 from lit_rlhf.functional.winrate import WinRateStats, bootstrap_ci, normal_ci, order_scores, pair_scores, win_rate_stats
@@ -88,6 +89,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "sft_loss",
+    "supervised_window",
     "token_cross_entropy",
     "warmup_decay_factor",
     "win_rate_stats",

@@ -30,6 +30,29 @@ def num_target_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) ->
     return (labels[:, 1:] != ignore_index).sum()
 
 
+def supervised_window(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
+    """How many trailing positions of a padded batch's logits :func:`sft_loss` needs.
+
+    Position ``t`` predicts ``labels[:, t + 1]``, so the logits before the position that predicts the batch's first
+    supervised label (over all rows) meet only ignored targets. A model that takes ``logits_to_keep=window`` then
+    computes its LM head on ``window`` positions instead of ``seq_len``, and
+    ``sft_loss(logits, labels[:, -window:])`` equals the loss over every position. With long prompts and a large
+    vocabulary that skips most of the batch's logits.
+
+    Args:
+        labels: ``(batch, seq_len)`` as for :func:`sft_loss`.
+        ignore_index: label value to skip.
+
+    Returns:
+        ``seq_len - t`` where position ``t`` predicts the first supervised label; ``seq_len`` when no label is
+        supervised (nothing to save).
+    """
+    supervised = (labels[:, 1:] != ignore_index).any(dim=0)
+    if not bool(supervised.any()):
+        return labels.size(1)
+    return labels.size(1) - int(supervised.nonzero()[0])
+
+
 def packed_labels(labels: torch.Tensor, layout: PackedRows, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Labels of a padded batch in the packed order of ``layout``, each row's first label ignored.
 

@@ -9,12 +9,19 @@ from torchmetrics import MeanMetric
 
 from lit_rlhf.functional.padding import length_chunks, pack_rows
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.functional.sft import SFTStats, num_target_tokens, packed_targets, sft_loss, token_cross_entropy
+from lit_rlhf.functional.sft import (
+    SFTStats,
+    num_target_tokens,
+    packed_targets,
+    sft_loss,
+    supervised_window,
+    token_cross_entropy,
+)
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
-from lit_rlhf.rollout import packed_logits_at
+from lit_rlhf.rollout import packed_logits_at, takes_logits_to_keep
 from lit_rlhf.tables import log_text, markdown_table
 
 
@@ -126,7 +133,7 @@ class SFTModule(RLHFModule):
         if self.hparams.padding_free:
             return self._packed_batch_loss(batch)
         if self.hparams.length_chunks == 1:
-            return sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            return self._padded_loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
         mask = batch["attention_mask"]
         if not bool(mask[:, 0].all()):
             raise ValueError("length_chunks needs right-padded batches (every row starting with a real token)")
@@ -134,10 +141,29 @@ class SFTModule(RLHFModule):
         total = num_target_tokens(batch["labels"])
         loss, num_correct = 0.0, 0
         for rows, width in chunks:  # rows are right-padded: positions past `width` are padding in every row
-            logits = self(batch["input_ids"][rows, :width], batch["attention_mask"][rows, :width])
-            chunk_loss, stats = sft_loss(logits, batch["labels"][rows, :width], normalizer=total)
+            ids, mask, labels = (batch[key][rows, :width] for key in ("input_ids", "attention_mask", "labels"))
+            chunk_loss, stats = self._padded_loss(ids, mask, labels, normalizer=total)
             loss, num_correct = loss + chunk_loss, num_correct + stats.num_correct
         return loss, SFTStats(loss=loss.detach(), num_tokens=total, num_correct=num_correct)
+
+    def _padded_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        normalizer: torch.Tensor | int | None = None,
+    ) -> tuple[torch.Tensor, SFTStats]:
+        """:func:`sft_loss` of padded rows ``(batch, seq_len)``, with the LM head only over the trailing positions
+        that predict a supervised token (:func:`supervised_window`) where the model takes ``logits_to_keep``
+        (Hugging Face decoders do): the positions before the earliest response of the batch cost no
+        ``vocab``-wide logits."""
+        if not takes_logits_to_keep(self.model):
+            return sft_loss(self(input_ids, attention_mask), labels, normalizer=normalizer)
+        window = supervised_window(labels)
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=window
+        ).logits
+        return sft_loss(logits, labels[:, -window:], normalizer=normalizer)
 
     def _packed_batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, SFTStats]:
         """:func:`sft_loss` of the batch from one packed pass over its real tokens, with the LM head (and the
@@ -149,8 +175,7 @@ class SFTModule(RLHFModule):
         return token_cross_entropy(logits, targets)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        _, stats = sft_loss(logits, batch["labels"])
+        _, stats = self._padded_loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
         tokens = stats.num_tokens.clamp(min=1).float()
         self.val_loss.update(stats.loss, weight=tokens)
         self.val_token_accuracy.update(stats.num_correct / tokens, weight=tokens)

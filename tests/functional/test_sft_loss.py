@@ -10,6 +10,7 @@ from lit_rlhf.functional import (
     packed_labels,
     packed_targets,
     sft_loss,
+    supervised_window,
     token_cross_entropy,
 )
 
@@ -130,3 +131,19 @@ def test_token_cross_entropy_by_hand():
     assert (stats.num_tokens.item(), stats.num_correct.item()) == (2, 1)
     halved, _ = token_cross_entropy(logits, torch.tensor([0, 1, IGNORE_INDEX]), normalizer=4)
     assert math.isclose(halved.item(), loss.item() / 2, rel_tol=1e-6)
+
+
+def test_supervised_window_by_hand_and_the_loss_of_the_window_equals_the_batch_loss():
+    x = IGNORE_INDEX
+    # Row 0's first label (3) is never predicted; the first predicted one is row 0's 5 at position 2, predicted by
+    # position 1: the window is positions 1..4 of 5. The predicted labels are 5, 6, 7, 8.
+    labels = torch.tensor([[3, x, 5, 6, x], [x, x, x, 7, 8]])
+    assert supervised_window(labels) == 4
+    assert supervised_window(torch.tensor([[x, x, x, 7]])) == 2  # position 2 predicts the 7
+    assert supervised_window(torch.full((2, 5), x)) == 5  # nothing supervised: every position, as before
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 9)
+    loss, stats = sft_loss(logits, labels)
+    window_loss, window_stats = sft_loss(logits[:, -4:], labels[:, -4:])
+    assert math.isclose(window_loss.item(), loss.item(), rel_tol=1e-6)
+    assert (window_stats.num_tokens.item(), window_stats.num_correct.item()) == (4, stats.num_correct.item())

@@ -171,6 +171,32 @@ def test_padding_free_runs_the_lm_head_only_where_a_response_token_is_predicted(
     assert head_rows == [torch.Size([1, int(stats.num_tokens)])] and int(stats.num_tokens) < real_tokens
 
 
+def test_padded_pass_runs_the_lm_head_from_the_first_predicted_response_token_with_the_same_loss(
+    tmp_path, monkeypatch
+):
+    module, data, _ = make(tmp_path, max_steps=1)
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    head_rows = []
+    module.model.get_output_embeddings().register_forward_hook(lambda m, i, o: head_rows.append(i[0].shape[:-1]))
+    results = []
+    for keeps_logits in (False, True):  # every position's logits (a model without logits_to_keep), then the window
+        monkeypatch.setattr("lit_rlhf.modules.sft.takes_logits_to_keep", lambda model, keeps=keeps_logits: keeps)
+        module.model.zero_grad()
+        loss, stats = module._batch_loss(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+        results.append((loss.item(), stats.num_tokens.item(), stats.num_correct.item(), grads))
+    rows, width = batch["input_ids"].shape
+    first_prompt_end = int((batch["labels"] != -100).long().argmax(dim=1).min())  # the earliest response token
+    assert head_rows == [torch.Size([rows, width]), torch.Size([rows, width - first_prompt_end + 1])]
+    (loss, tokens, correct, grads), (window_loss, window_tokens, window_correct, window_grads) = results
+    assert window_loss == pytest.approx(loss, rel=1e-6) and (window_tokens, window_correct) == (tokens, correct)
+    for name, grad in grads.items():
+        torch.testing.assert_close(window_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_length_chunks_trains_and_refuses_bad_settings(tmp_path):
     recorder = LossRecorder()
     module, data, trainer = make(tmp_path, 3, [recorder], num_train=128)
