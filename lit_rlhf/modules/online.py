@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, Strategy
 
 from lit_rlhf.functional.ppo import masked_mean_var, mean_var_from_sums, mean_var_to_sums
 from lit_rlhf.generation import generate_for_batch
@@ -18,6 +19,28 @@ from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.tables import log_text, markdown_table
 
 _AFTER_STEP_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization and every_n_train_steps"
+
+
+def check_online_strategy(strategy: Strategy, module_name: str) -> None:
+    """Refuse a strategy an online RL module cannot run under: one device and DDP (whole model copies) only.
+
+    The module samples with the whole policy, steps two models (PPO) several times per batch and averages their
+    gradients itself (:meth:`OnlineRLModule.optimizer_step_over`); sharded strategies (FSDP, DeepSpeed, model
+    parallel) would need gathered weights to sample and their own gradient reduction, so they are refused here
+    instead of training wrongly.
+
+    Raises:
+        ValueError: for any other strategy.
+    """
+    if isinstance(strategy, SingleDeviceStrategy) or (
+        isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy)
+    ):
+        return
+    raise ValueError(
+        f"{module_name} runs on one device or under data parallelism (--trainer.strategy ddp), not under "
+        f"{type(strategy).__name__}: sharded strategies are not supported by the online RL modules (they sample "
+        "with the whole policy and reduce gradients themselves)"
+    )
 
 
 class OnlineRLModule(RLHFModule):
@@ -63,7 +86,10 @@ class OnlineRLModule(RLHFModule):
         return self._frozen["reference"]
 
     def setup(self, stage: str) -> None:
-        """Refuse at once a prompt budget that cannot fit the policy's context with ``max_new_tokens`` after it."""
+        """Refuse at once a strategy other than one device or DDP (:func:`check_online_strategy`) and a prompt budget
+        that cannot fit the policy's context with ``max_new_tokens`` after it."""
+        if self._trainer is not None:
+            check_online_strategy(self.trainer.strategy, type(self).__name__)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         context = getattr(self.model.config, "max_position_embeddings", None)
         max_length = getattr(datamodule, "max_length", None)

@@ -144,3 +144,25 @@ def test_padding_free_gives_the_same_update(tmp_path, policy_dir):
         )
     for name, value in weights[0].items():
         assert torch.allclose(value, weights[1][name], atol=1e-5), name
+
+
+def test_sharded_strategies_are_refused_before_training(tmp_path, policy_dir):
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+
+    from lit_rlhf.modules.online import check_online_strategy
+
+    check_online_strategy(SingleDeviceStrategy("cpu"), "PPOModule")
+    check_online_strategy(DDPStrategy(), "PPOModule")
+    deepspeed = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # a DDPStrategy subclass; building one needs deepspeed
+    for strategy in (FSDPStrategy(), deepspeed):
+        with pytest.raises(
+            ValueError,
+            match=f"PPOModule runs on one device or under data parallelism .* not under {type(strategy).__name__}",
+        ):
+            check_online_strategy(strategy, "PPOModule")
+    # The module's setup asks (Lightning runs FSDP on GPUs only, so a trainer that holds one stands in).
+    module, _, trainer = make(tmp_path, policy_dir, iterations=1)
+    trainer._accelerator_connector.strategy = FSDPStrategy()
+    module.trainer = trainer
+    with pytest.raises(ValueError, match="not under FSDPStrategy"):
+        module.setup("fit")
