@@ -233,8 +233,8 @@ def test_ppo_stage_reads_sft_and_reward_exports_and_resumes(tmp_path):
     reward_hf = str(runs / "reward" / "hf")
 
     run_dir = str(runs / "ppo")
-    # One PPO iteration is ppo_epochs (2) x num_minibatches (2) x 2 optimizers = 8 optimizer steps.
-    args = tiny_cli_args(PPO_CONFIG, run_dir, max_steps=24)
+    # One PPO iteration (ppo_epochs x num_minibatches steps of each optimizer) is one training step.
+    args = tiny_cli_args(PPO_CONFIG, run_dir, max_steps=3)
     args += [
         "--model.init_args.policy_name_or_path",
         sft_hf,
@@ -246,7 +246,7 @@ def test_ppo_stage_reads_sft_and_reward_exports_and_resumes(tmp_path):
         "8",
     ]
     cli = cli_main(args)
-    assert cli.trainer.global_step == 24 and cli.model.iteration == 3
+    assert cli.trainer.global_step == 3 and cli.model.iteration == 3
     scalars, texts = read_events(run_dir)
     for tag in ("objective/score", "objective/kl", "policy/entropy", "loss/value", "val/exact_match", "val/reward"):
         assert tag in scalars, tag
@@ -255,16 +255,16 @@ def test_ppo_stage_reads_sft_and_reward_exports_and_resumes(tmp_path):
     for name in ("hf/model.safetensors", "hf/tokenizer.json", "hf_critic/model.safetensors", "config.yaml"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
 
-    args[args.index("--trainer.max_steps") + 1] = "40"  # the same command, continued to iteration 5
+    args[args.index("--trainer.max_steps") + 1] = "5"  # the same command, continued to iteration 5
     resumed = cli_main(args + ["--ckpt_path", os.path.join(run_dir, "checkpoints", "last.ckpt")])
-    assert resumed.trainer.global_step == 40 and resumed.model.iteration == 5
+    assert resumed.trainer.global_step == 5 and resumed.model.iteration == 5
     assert sorted(s for s, _ in read_events(run_dir)[0]["objective/kl"]) == [0, 1, 2, 3, 4]
 
 
 def test_ppo_with_a_plain_reward_function_picked_in_yaml(tmp_path):
     runs = tmp_path / "runs" / "arithmetic"
     cli_main(tiny_cli_args(SFT_CONFIG, str(runs / "sft"), max_steps=3))
-    args = tiny_cli_args(os.path.join(ROOT, "configs", "arithmetic", "ppo_verifier.yaml"), str(runs / "ppo"), 8)
+    args = tiny_cli_args(os.path.join(ROOT, "configs", "arithmetic", "ppo_verifier.yaml"), str(runs / "ppo"), 1)
     args += [
         "--model.init_args.policy_name_or_path",
         str(runs / "sft" / "hf"),

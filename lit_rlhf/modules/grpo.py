@@ -51,8 +51,9 @@ class GRPOModule(OnlineRLModule):
     cache, no grad; the log-probabilities come from the sampling pass), the rewards (a weighted sum of any number of
     reward sources) are normalised within each prompt's group, and the policy takes ``num_iterations`` passes of
     ``num_minibatches`` optimizer steps of the clipped surrogate plus ``beta`` times the k3 KL to the frozen
-    reference. ``trainer.max_steps = iterations * num_iterations * num_minibatches``. With ``beta: 0`` the reference
-    is not even loaded. There is no critic and no value loss.
+    reference. The whole iteration is one Lightning training step: ``trainer.max_steps``, ``val_check_interval``,
+    ``ModelCheckpoint(every_n_train_steps=...)`` and ``warmup_steps`` count iterations, and the LR scheduler steps
+    once per iteration. With ``beta: 0`` the reference is not even loaded. There is no critic and no value loss.
 
     Logged per iteration: ``reward`` (mean total), ``reward_std`` (mean std within groups), ``frac_reward_zero_std``
     (groups with no signal), ``reward/<name>/mean`` and ``/std`` per source, ``completions/mean_length``,
@@ -66,8 +67,9 @@ class GRPOModule(OnlineRLModule):
         tokenizer_name_or_path, model_config: where the tokenizer lives if not beside the policy; config overrides.
         attn_implementation: attention kernel of the policy and reference (``eager``, ``sdpa``,
             ``flash_attention_2``, ...); ``null`` lets transformers choose.
-        learning_rate, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio: AdamW and its schedule (per
-            optimizer step).
+        learning_rate, weight_decay, betas, lr_schedule, min_lr_ratio: AdamW and its schedule over
+            ``trainer.max_steps`` iterations.
+        warmup_steps: linear warmup, in iterations.
         adamw_implementation: ``fused`` (one kernel per step, CPU and CUDA; the Hugging Face Trainer's default),
             ``foreach`` or ``for_loop``; ``null`` leaves torch's choice (``foreach`` on CUDA, ``for_loop`` on CPU).
         num_generations: samples per prompt ``G`` (>= 2).
@@ -254,22 +256,26 @@ class GRPOModule(OnlineRLModule):
         size = experience.prompt_ids.size(0)
         sums: dict[str, float] = {}
         updates = 0
-        for _ in range(hp.num_iterations):
-            for minibatch in self._minibatches(size):
-                micro_batches = [
-                    select_rows(experience, m) for m in minibatch.tensor_split(hp.gradient_accumulation_steps) if len(m)
-                ]
-                weights = micro_batch_weights([mb.response_mask for mb in micro_batches], hp.loss_averaging)
-                step_stats = self.optimizer_step_over(
-                    optimizer, scheduler, self.model, micro_batches, self._loss, weights, hp.max_grad_norm
-                )
-                for name, value in step_stats.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                updates += 1
+        lr = optimizer.param_groups[0]["lr"]  # the learning rate this iteration's updates use
+        with self.one_training_step([optimizer], [scheduler]):
+            for _ in range(hp.num_iterations):
+                for minibatch in self._minibatches(size):
+                    micro_batches = [
+                        select_rows(experience, m)
+                        for m in minibatch.tensor_split(hp.gradient_accumulation_steps)
+                        if len(m)
+                    ]
+                    weights = micro_batch_weights([mb.response_mask for mb in micro_batches], hp.loss_averaging)
+                    step_stats = self.optimizer_step_over(
+                        optimizer, self.model, micro_batches, self._loss, weights, hp.max_grad_norm
+                    )
+                    for name, value in step_stats.items():
+                        sums[name] = sums.get(name, 0.0) + value
+                    updates += 1
         update_stats = {k: torch.tensor(v / updates) for k, v in sums.items()}
         logged = self._mean_over_ranks({**stats, **update_stats})
         self.iteration += 1
-        logged["lr"] = optimizer.param_groups[0]["lr"]
+        logged["lr"] = lr
         logged["iteration"] = self.iteration
         # Already averaged over ranks above (one collective per iteration), so no sync_dist here.
         self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
@@ -333,5 +339,6 @@ class GRPOModule(OnlineRLModule):
         }
 
     def configure_optimizers(self) -> tuple[list, list]:
-        optimizer, scheduler = self.model_optimizer(self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9  # iterations (one step each)
+        optimizer, scheduler = self.model_optimizer(total)
         return [optimizer], [scheduler]

@@ -21,6 +21,10 @@ from lit_rlhf.tables import log_text, markdown_table
 _AFTER_STEP_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization and every_n_train_steps"
 
 
+def _do_nothing() -> None:
+    """Stands in for the manual-optimization loop's step counting inside :meth:`OnlineRLModule.one_training_step`."""
+
+
 def check_online_strategy(strategy: Strategy, module_name: str) -> None:
     """Refuse a strategy an online RL module cannot run under: one device and DDP (whole model copies) only.
 
@@ -47,7 +51,8 @@ class OnlineRLModule(RLHFModule):
     """Base of modules that learn from their own samples (``automatic_optimization = False``).
 
     Subclasses call :meth:`load_policy` in ``__init__``, implement ``training_step`` (one batch of prompts = one
-    iteration, counted in :attr:`iteration`) and may extend the checkpoint state through :meth:`extra_state` /
+    iteration, counted in :attr:`iteration`, its optimizer steps inside :meth:`one_training_step` so that one
+    iteration is one Lightning training step) and may extend the checkpoint state through :meth:`extra_state` /
     :meth:`load_extra_state`. The frozen reference and the reward source are kept out of the module's state (a
     plain dict and a non-``Module`` object), so they are reloaded from their source, never checkpointed or trained.
 
@@ -141,10 +146,38 @@ class OnlineRLModule(RLHFModule):
 
     # -- data parallelism: each rank samples its own prompts; gradients and statistics are averaged -----------------
 
+    @contextlib.contextmanager
+    def one_training_step(self, optimizers: list[Any], schedulers: list[Any]) -> Iterator[None]:
+        """Count everything inside as ONE Lightning training step (one iteration), then step the LR schedulers once.
+
+        An iteration steps its optimizers several times (PPO: actor and critic, ``ppo_epochs * num_minibatches`` times
+        each; GRPO: ``num_iterations * num_minibatches`` times), and Lightning's manual optimization would advance
+        ``trainer.global_step`` at each of them. Inside this block each ``LightningOptimizer.step()`` still steps
+        through the strategy and precision plugin as usual, but only the block as a whole advances the step counter,
+        so ``trainer.max_steps``, ``val_check_interval``, ``ModelCheckpoint(every_n_train_steps=...)`` and the
+        schedulers' ``warmup_steps`` all count iterations. Nothing is counted if the block raises.
+
+        Args:
+            optimizers: the ``LightningOptimizer`` wrappers of ``self.optimizers()``.
+            schedulers: their LR schedulers, stepped once after the block.
+        """
+        counted = [(opt, opt._on_before_step, opt._on_after_step) for opt in optimizers]
+        for opt in optimizers:
+            opt._on_before_step = opt._on_after_step = _do_nothing
+        try:
+            yield
+        finally:
+            for opt, before, after in counted:
+                opt._on_before_step, opt._on_after_step = before, after
+        _, before, after = counted[0]
+        before()  # the manual-optimization loop's own counters: one optimizer step "ready", then "completed"
+        after()
+        for scheduler in schedulers:
+            scheduler.step()
+
     def optimizer_step_over(
         self,
         optimizer: Any,
-        scheduler: Any,
         module: torch.nn.Module,
         micro_batches: list[Any],
         loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
@@ -155,7 +188,8 @@ class OnlineRLModule(RLHFModule):
 
         Backward of each micro-batch with its ``weight`` (their weighted losses add up to the minibatch's loss),
         gradients averaged over ranks, clipped (Lightning skips clipping under manual optimization), then the
-        optimizer and scheduler steps. Returns the weighted sum of each statistic over the micro-batches.
+        optimizer step (the LR schedulers step once per iteration, in :meth:`one_training_step`). Returns the weighted
+        sum of each statistic over the micro-batches.
         """
         optimizer.zero_grad()
         stats: dict[str, float] = {}
@@ -169,7 +203,6 @@ class OnlineRLModule(RLHFModule):
         if max_grad_norm is not None:
             self.configure_gradient_clipping(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
-        scheduler.step()
         return stats
 
     @contextlib.contextmanager

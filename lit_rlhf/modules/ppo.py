@@ -51,9 +51,10 @@ class PPOModule(OnlineRLModule):
 
     One training batch of prompts is one PPO iteration: a rollout (sampling in eval mode with KV cache, no grad),
     then ``ppo_epochs`` passes over ``num_minibatches`` minibatches, each stepping the actor optimizer and then the
-    critic optimizer (``automatic_optimization = False``). Each ``optimizer.step()`` advances
-    ``trainer.global_step``, so ``trainer.max_steps = iterations * 2 * ppo_epochs * num_minibatches``; curves are
-    logged per iteration. The frozen reference policy and the reward source are not in the checkpoint (they are
+    critic optimizer (``automatic_optimization = False``). The whole iteration is one Lightning training step, so
+    ``trainer.max_steps``, ``val_check_interval``, ``ModelCheckpoint(every_n_train_steps=...)`` and
+    ``warmup_steps`` count iterations, the LR schedulers step once per iteration, and curves are logged per
+    iteration. The frozen reference policy and the reward source are not in the checkpoint (they are
     reloaded from their source); the actor, critic, both optimizers and schedulers, the KL controller, the
     iteration counter and the RNG states are.
 
@@ -67,7 +68,8 @@ class PPOModule(OnlineRLModule):
         attn_implementation: attention kernel of the policy, reference and critic (``eager``, ``sdpa``,
             ``flash_attention_2``, ...); ``null`` lets transformers choose.
         actor_learning_rate, critic_learning_rate: peak AdamW learning rates.
-        weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio: optimizer and schedule (per optimizer step).
+        weight_decay, betas, lr_schedule, min_lr_ratio: AdamW and its schedule over ``trainer.max_steps`` iterations.
+        warmup_steps: linear warmup, in iterations.
         adamw_implementation: ``fused`` (one kernel per step, CPU and CUDA; the Hugging Face Trainer's default),
             ``foreach`` or ``for_loop``; ``null`` leaves torch's choice (``foreach`` on CUDA, ``for_loop`` on CPU).
         max_new_tokens: response length limit of rollouts and validation.
@@ -232,28 +234,29 @@ class PPOModule(OnlineRLModule):
         size = experience.prompt_ids.size(0)
         sums: dict[str, float] = {}
         updates = 0
-        for _ in range(hp.ppo_epochs):
-            order = torch.randperm(size, device=self.device)
-            for minibatch in [m for m in order.tensor_split(hp.num_minibatches) if len(m)]:
-                micro_batches = [
-                    select_rows(experience, micro)
-                    for micro in minibatch.tensor_split(hp.gradient_accumulation_steps)
-                    if len(micro)
-                ]
-                minibatch_stats = {
-                    **self._update(actor_opt, actor_sched, self.model, micro_batches, self._policy_loss),
-                    **self._update(critic_opt, critic_sched, self.critic, micro_batches, self._value_loss),
-                }
-                for name, value in minibatch_stats.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                updates += 1
+        lrs = {"lr/actor": actor_opt.param_groups[0]["lr"], "lr/critic": critic_opt.param_groups[0]["lr"]}
+        with self.one_training_step([actor_opt, critic_opt], [actor_sched, critic_sched]):
+            for _ in range(hp.ppo_epochs):
+                order = torch.randperm(size, device=self.device)
+                for minibatch in [m for m in order.tensor_split(hp.num_minibatches) if len(m)]:
+                    micro_batches = [
+                        select_rows(experience, micro)
+                        for micro in minibatch.tensor_split(hp.gradient_accumulation_steps)
+                        if len(micro)
+                    ]
+                    minibatch_stats = {
+                        **self._update(actor_opt, self.model, micro_batches, self._policy_loss),
+                        **self._update(critic_opt, self.critic, micro_batches, self._value_loss),
+                    }
+                    for name, value in minibatch_stats.items():
+                        sums[name] = sums.get(name, 0.0) + value
+                    updates += 1
         update_stats = self._mean_over_ranks({k: torch.tensor(v / updates) for k, v in sums.items()})
         self.kl_controller.update(float(stats["objective/kl"]), size * self.trainer.world_size)
         self.iteration += 1
         logged = {**stats, **update_stats}
         logged["objective/kl_coef"] = self.kl_controller.value
-        logged["lr/actor"] = actor_opt.param_groups[0]["lr"]
-        logged["lr/critic"] = critic_opt.param_groups[0]["lr"]
+        logged.update(lrs)  # the learning rates this iteration's updates used
         logged["iteration"] = self.iteration
         # Already averaged over ranks above (one collective per iteration), so no sync_dist here.
         self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
@@ -300,7 +303,6 @@ class PPOModule(OnlineRLModule):
     def _update(
         self,
         optimizer: Any,
-        scheduler: Any,
         module: torch.nn.Module,
         micro_batches: list[Rollout],
         loss_fn: Callable[[Rollout], tuple[torch.Tensor, dict[str, torch.Tensor]]],
@@ -309,14 +311,14 @@ class PPOModule(OnlineRLModule):
         of the minibatch's tokens, so that the summed gradient is that of the whole minibatch's token mean."""
         weights = micro_batch_weights([mb.response_mask for mb in micro_batches], "token")
         return self.optimizer_step_over(
-            optimizer, scheduler, module, micro_batches, loss_fn, weights, self.hparams.max_grad_norm
+            optimizer, module, micro_batches, loss_fn, weights, self.hparams.max_grad_norm
         )
 
     # -- optimizers, checkpoint, export -----------------------------------------------------------------------------
 
     def configure_optimizers(self) -> tuple[list, list]:
         hp = self.hparams
-        total = self.trainer.max_steps // 2 if self.trainer.max_steps > 0 else 10**9
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9  # iterations (one step each)
         common = {
             "weight_decay": hp.weight_decay,
             "betas": tuple(hp.betas),

@@ -118,7 +118,7 @@ def test_ppo_uses_its_own_reference(tmp_path, policy_dir):
     )
     data = ArithmeticDataModule(format="prompt", num_train=32, num_val=8, batch_size=4)
     callback = WinRateCallback(PrefersLonger(), num_prompts=8, num_logged_pairs=0, ci_method="normal")
-    trainer = trainer_for(tmp_path, callback, max_steps=2)  # one iteration: actor and critic steps
+    trainer = trainer_for(tmp_path, callback, max_steps=1)  # one iteration
     trainer.fit(module, data)
     assert callback._reference is None  # the module's reference was used, nothing loaded
     result = callback.last_result
@@ -159,7 +159,7 @@ def test_the_callback_from_yaml_with_an_llm_judge(tmp_path, policy_dir):
     }
     extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
     run_dir = tmp_path / "runs" / "arithmetic" / "grpo"
-    args = tiny_cli_args(GRPO_CONFIG, str(run_dir), max_steps=2)  # one iteration of 2 minibatches
+    args = tiny_cli_args(GRPO_CONFIG, str(run_dir), max_steps=1)  # one iteration
     args += ["--config", str(extra), "--model.init_args.policy_name_or_path", policy_dir]
     args += ["--model.init_args.num_generations", "2", "--model.init_args.max_new_tokens", "6"]
     args += ["--data.init_args.batch_size", "4", "--trainer.val_check_interval", "1"]
@@ -196,7 +196,7 @@ def test_the_frozen_reference_answers_once_for_every_validation(tmp_path, policy
     )
     data = ArithmeticDataModule(format="prompt", num_train=32, num_val=8, batch_size=4)
     callback = WinRateCallback(PrefersLonger(), num_prompts=8, num_logged_pairs=0, ci_method="normal")
-    trainer = trainer_for(tmp_path, callback, max_steps=4)  # two iterations, a validation after each
+    trainer = trainer_for(tmp_path, callback, max_steps=2)  # two iterations, a validation after each
     trainer.fit(module, data)
     assert callback.validations == 2
     assert calls == [module.model, module.reference, module.model]  # the policy twice, the reference once

@@ -139,7 +139,7 @@ def test_a_few_ppo_steps_from_the_config_with_length_and_format_rewards(tmp_path
         "data.init_args.max_prompt_length": "48",  # + 8 new tokens fit the tiny model's 128 positions
         "trainer.accelerator": "cpu",
         "trainer.precision": "32-true",
-        "trainer.max_steps": "16",  # 2 iterations x 2 optimizers x 2 epochs x 2 minibatches
+        "trainer.max_steps": "2",  # iterations
         "trainer.val_check_interval": "2",
         "trainer.enable_progress_bar": "false",
         "trainer.logger.init_args.save_dir": str(tmp_path / "runs"),
@@ -147,7 +147,7 @@ def test_a_few_ppo_steps_from_the_config_with_length_and_format_rewards(tmp_path
     args = ["fit", "--config", PPO_CONFIG] + [x for key, value in overrides.items() for x in (f"--{key}", value)]
     cli = cli_main(args)
 
-    assert cli.model.iteration == 2 and cli.trainer.global_step == 16
+    assert cli.model.iteration == 2 and cli.trainer.global_step == 2
     reward = cli.model.reward
     assert isinstance(reward, WeightedSumReward) and reward.component_names == ["length", "format"]
     # The last call scored the last validation batch (3 posts: 4 per batch, 3 in the file).
@@ -186,14 +186,14 @@ def test_a_few_grpo_steps_from_the_config_log_each_reward_source(tmp_path, tiny_
         "data.init_args.max_prompt_length": "48",
         "trainer.accelerator": "cpu",
         "trainer.precision": "32-true",
-        "trainer.max_steps": "8",  # 2 iterations x 1 pass x 4 minibatches
+        "trainer.max_steps": "2",  # iterations
         "trainer.val_check_interval": "2",
         "trainer.enable_progress_bar": "false",
         "trainer.logger.init_args.save_dir": str(tmp_path / "runs"),
     }
     args = ["fit", "--config", GRPO_CONFIG] + [x for key, value in overrides.items() for x in (f"--{key}", value)]
     cli = cli_main(args)
-    assert cli.model.iteration == 2 and cli.trainer.global_step == 8
+    assert cli.model.iteration == 2 and cli.trainer.global_step == 2
     scalars, _ = read_events(str(run_dir))
     for name in ("reward", "reward_std", "frac_reward_zero_std", "kl", "val/reward"):
         assert name in scalars, name

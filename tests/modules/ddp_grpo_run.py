@@ -70,7 +70,7 @@ def main(policy_dir: str, out_dir: str) -> None:
         strategy="ddp",
         accelerator="cpu",
         devices=2,
-        max_steps=3 * 2,
+        max_steps=3,  # iterations
         val_check_interval=3,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,

@@ -81,7 +81,7 @@ def main(policy_dir: str, out_dir: str, resume_from: str | None = None) -> None:
         strategy="ddp",
         accelerator="cpu",
         devices=2,
-        max_steps=3 * 2 * 2,
+        max_steps=3,  # iterations
         val_check_interval=3,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
@@ -93,7 +93,7 @@ def main(policy_dir: str, out_dir: str, resume_from: str | None = None) -> None:
             RankStreams(),
             Record(out_dir),
             L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=os.path.join(out_dir, "checkpoints"), filename="mid", every_n_train_steps=8, save_top_k=-1
+                dirpath=os.path.join(out_dir, "checkpoints"), filename="mid", every_n_train_steps=2, save_top_k=-1
             ),
         ],
     )

@@ -93,7 +93,7 @@ def test_fused_kernel_clips_gradients_under_bf16_mixed(tmp_path, policy_dir):
     assert norm.item() == pytest.approx(1e-3, rel=1e-3)
 
     ppo = fused_clipped_ppo(policy_dir)
-    trainer = quiet_trainer(tmp_path / "ppo", 2, precision="bf16-mixed", limit_val_batches=0)
+    trainer = quiet_trainer(tmp_path / "ppo", 1, precision="bf16-mixed", limit_val_batches=0)
     trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
     actor, critic = trainer.optimizers
     assert kernel_of(actor) == kernel_of(critic) == (False, True)
@@ -159,7 +159,7 @@ def test_ppo_trains_under_a_loss_scaler_with_clipping(tmp_path, policy_dir):
     # Manual optimization: actor and critic clip while their gradients are still scaled, then the scaler steps.
     L.seed_everything(0)
     ppo = fused_clipped_ppo(policy_dir)
-    trainer = quiet_trainer(tmp_path, 2, accelerator="cpu", plugins=[loss_scaled()], limit_val_batches=0)
+    trainer = quiet_trainer(tmp_path, 1, accelerator="cpu", plugins=[loss_scaled()], limit_val_batches=0)
     trainer.fit(ppo, ArithmeticDataModule(format="prompt", num_train=16, num_val=4, batch_size=4))
     actor, _ = trainer.optimizers
     assert ppo.iteration == 1 and all(state["step"] == 1 for state in actor.state.values())

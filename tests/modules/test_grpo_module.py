@@ -46,9 +46,8 @@ def make(tmp_path, policy_dir, iterations, **module_kwargs):
     }
     module = GRPOModule(**options)
     data = ArithmeticDataModule(format="prompt", num_train=64, num_val=16, batch_size=4)
-    steps = options["num_iterations"] * options["num_minibatches"]
     trainer = L.Trainer(
-        max_steps=iterations * steps,
+        max_steps=iterations,  # one training step per GRPO iteration
         default_root_dir=tmp_path,
         logger=False,
         enable_progress_bar=False,
@@ -65,7 +64,7 @@ def test_a_few_iterations_change_the_policy_and_not_the_reference(tmp_path, poli
     policy = {k: v.clone() for k, v in module.model.state_dict().items()}
     reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
     trainer.fit(module, data)
-    assert module.iteration == 3 and trainer.global_step == 3 * 4
+    assert module.iteration == 3 and trainer.global_step == 3
     assert any(not torch.equal(v, policy[k]) for k, v in module.model.state_dict().items())
     assert all(torch.equal(v, reference[k]) for k, v in module.reference.state_dict().items())
     for name in GRPO_METRICS:
@@ -98,7 +97,7 @@ def test_resume_continues_the_same_run(tmp_path, policy_dir):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     full = Recorder()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=8, save_top_k=-1, filename="{step}")
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
     module, data, trainer = make(tmp_path / "a", policy_dir, iterations=4)
     trainer.callbacks += [full, ckpt]
     with warnings.catch_warnings(record=True) as caught:
@@ -110,7 +109,7 @@ def test_resume_continues_the_same_run(tmp_path, policy_dir):
     resumed = Recorder()
     module, data, trainer = make(tmp_path / "b", policy_dir, iterations=4)
     trainer.callbacks += [resumed]
-    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / "step=8.ckpt"))
+    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))
     assert sorted(resumed.values) == [3, 4]
     for iteration, (loss, reward) in resumed.values.items():
         assert loss == pytest.approx(full.values[iteration][0], abs=1e-6), iteration

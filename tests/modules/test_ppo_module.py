@@ -47,7 +47,7 @@ def make(tmp_path, policy_dir, iterations, **module_kwargs):
     )
     data = ArithmeticDataModule(format="prompt", num_train=64, num_val=16, batch_size=8)
     trainer = L.Trainer(
-        max_steps=iterations * 2 * 2 * 2,
+        max_steps=iterations,  # one training step per PPO iteration
         default_root_dir=tmp_path,
         logger=False,
         enable_progress_bar=False,
@@ -65,7 +65,7 @@ def test_a_few_iterations_change_actor_and_critic_but_not_the_reference(tmp_path
     critic = {k: v.clone() for k, v in module.critic.state_dict().items()}
     reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
     trainer.fit(module, data)
-    assert module.iteration == 3 and trainer.global_step == 3 * 8
+    assert module.iteration == 3 and trainer.global_step == 3
     assert all(not torch.equal(v, actor[k]) for k, v in module.model.state_dict().items() if "norm" not in k)
     assert any(not torch.equal(v, critic[k]) for k, v in module.critic.state_dict().items())
     assert all(torch.equal(v, reference[k]) for k, v in module.reference.state_dict().items())
@@ -87,7 +87,7 @@ def test_resume_continues_the_same_run(tmp_path, policy_dir):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     full = Recorder()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=16, save_top_k=-1, filename="{step}")
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
     module, data, trainer = make(tmp_path / "a", policy_dir, iterations=4, adaptive_kl_target=1.0)
     trainer.callbacks += [full, ckpt]
     trainer.fit(module, data)
@@ -95,7 +95,7 @@ def test_resume_continues_the_same_run(tmp_path, policy_dir):
     resumed = Recorder()
     module, data, trainer = make(tmp_path / "b", policy_dir, iterations=4, adaptive_kl_target=1.0)
     trainer.callbacks += [resumed]
-    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / "step=16.ckpt"))
+    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))
     assert sorted(resumed.values) == [3, 4]
     for iteration, (loss, score) in resumed.values.items():
         assert loss == pytest.approx(full.values[iteration][0], abs=1e-6), iteration
@@ -166,3 +166,33 @@ def test_sharded_strategies_are_refused_before_training(tmp_path, policy_dir):
     module.trainer = trainer
     with pytest.raises(ValueError, match="not under FSDPStrategy"):
         module.setup("fit")
+
+
+class LearningRates(L.Callback):
+    def __init__(self):
+        self.actor, self.critic, self.steps = [], [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.actor.append(trainer.callback_metrics["lr/actor"].item())
+        self.critic.append(trainer.callback_metrics["lr/critic"].item())
+        self.steps.append(trainer.global_step)
+
+
+def test_run_length_checkpoints_and_warmup_count_iterations(tmp_path, policy_dir):
+    # Each iteration steps both optimizers ppo_epochs x num_minibatches = 4 times, and is still ONE training step:
+    # max_steps=4 runs 4 iterations, a checkpoint every 2 steps lands after iterations 2 and 4, and a warmup of 2
+    # with a linear decay over the 4 iterations sets each iteration's rate once (factors (s+1)/3 while s < 2, then
+    # 1 - (s - 2)/2; see functional.schedules).
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    lrs = LearningRates()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    module, data, trainer = make(tmp_path, policy_dir, iterations=4, warmup_steps=2, lr_schedule="linear")
+    trainer.callbacks += [lrs, ckpt]
+    trainer.fit(module, data)
+    assert module.iteration == 4 and trainer.global_step == 4 and lrs.steps == [1, 2, 3, 4]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step=2.ckpt", "step=4.ckpt"]
+    assert lrs.actor == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 0.5e-3])
+    assert lrs.critic == pytest.approx(lrs.actor)
+    actor, critic = trainer.optimizers
+    assert all(state["step"] == 4 * 4 for opt in (actor, critic) for state in opt.state.values())
