@@ -273,8 +273,7 @@ def run_lit(
     Validates after ``iterations`` generation batches (the same-completions row). With ``budget_s`` (TRL's training
     seconds of the same seed) it trains on until its own training seconds reach the budget and validates again there
     (the same-training-time figure); training seconds leave validation out."""
-    steps_per_iteration = args.num_iterations * args.num_minibatches
-    max_steps = iterations * steps_per_iteration * (4 if budget_s is not None else 1)
+    max_steps = iterations * (4 if budget_s is not None else 1)  # one training step per GRPO iteration
     overrides = [
         "--seed_everything",
         str(seed),

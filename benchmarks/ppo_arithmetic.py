@@ -2,7 +2,7 @@
 
     python benchmarks/ppo_arithmetic.py                                   # both configs, one run each
     python benchmarks/ppo_arithmetic.py --configs configs/arithmetic/ppo_verifier.yaml --runs 3
-    python benchmarks/ppo_arithmetic.py -- --trainer.max_steps 800       # more train.py arguments after --
+    python benchmarks/ppo_arithmetic.py -- --trainer.max_steps 100       # more train.py arguments after --
 
 Needs `runs/arithmetic/sft/hf` (and `runs/arithmetic/reward/hf` for `ppo.yaml`). Each run is the README's command
 (`python train.py fit --config <config>`) in a fresh temporary run folder. Reported per run: process wall time

@@ -168,8 +168,7 @@ def run_lit(args: argparse.Namespace, tmp: str, seed: int, before: float, budget
     same seed) it trains on until its own training seconds reach the budget and validates again there (the
     same-wall-time figure); training seconds leave validation out."""
     iterations = math.ceil(args.total_episodes / args.batch_size)
-    steps_per_iteration = 2 * args.ppo_epochs * args.num_mini_batches
-    max_steps = iterations * steps_per_iteration * (4 if budget_s is not None else 1)
+    max_steps = iterations * (4 if budget_s is not None else 1)  # one training step per PPO iteration
     overrides = [
         "--seed_everything",
         str(seed),
@@ -219,7 +218,7 @@ def run_lit(args: argparse.Namespace, tmp: str, seed: int, before: float, budget
     wall, timer, scalars, resolved = lit_run["wall"], lit_run["timer"], lit_run["scalars"], lit_run["config"]
     matched = next(v for v in timer["validations"] if v["batches"] == iterations)
     final = timer["validations"][-1]
-    last_step = iterations * steps_per_iteration  # the matched iteration's last optimizer step
+    last_step = iterations - 1  # training curves are logged at step iteration - 1 (the first iteration at step 0)
 
     def at_match(tag: str) -> float:
         values = [value for step, value in scalars.get(tag, []) if step <= last_step]
