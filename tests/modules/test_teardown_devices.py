@@ -2,7 +2,7 @@
 frozen reference and reward model, the reward source, a win-rate judge and its reference) follows it at teardown.
 
 No second device here, so the module is moved to ``meta`` by hand, as Lightning moves a GPU run's module to the CPU;
-the lent-GPU check in docs/benchmarks.md runs the same tests' trainings on CUDA.
+the H200 check in docs/benchmarks.md runs the same tests' trainings on CUDA.
 """
 
 import torch
