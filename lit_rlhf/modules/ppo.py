@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from lit_rlhf.functional.accumulation import micro_batch_weights
-from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
+from lit_rlhf.functional.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from lit_rlhf.functional.schedules import ScheduleName
@@ -132,6 +132,8 @@ class PPOModule(OnlineRLModule):
     ) -> None:
         super().__init__()
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
+        if kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}")
         if ppo_epochs < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
             raise ValueError(
                 "ppo_epochs, num_minibatches and gradient_accumulation_steps must be >= 1; got "

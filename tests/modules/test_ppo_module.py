@@ -196,3 +196,8 @@ def test_run_length_checkpoints_and_warmup_count_iterations(tmp_path, policy_dir
     assert lrs.critic == pytest.approx(lrs.actor)
     actor, critic = trainer.optimizers
     assert all(state["step"] == 4 * 4 for opt in (actor, critic) for state in opt.state.values())
+
+
+def test_an_unknown_kl_estimator_is_refused_when_the_module_is_built(policy_dir):
+    with pytest.raises(ValueError, match="kl_estimator must be one of k1, k3, got 'k2'"):
+        PPOModule(ArithmeticVerifierReward(), policy_name_or_path=policy_dir, kl_estimator="k2")
