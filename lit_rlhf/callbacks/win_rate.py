@@ -11,7 +11,7 @@ from lit_rlhf.evaluation.compare import WinRateResult, win_rate
 from lit_rlhf.evaluation.judges import PairwiseJudge
 from lit_rlhf.functional.winrate import CIMethod
 from lit_rlhf.models.loading import load_causal_lm
-from lit_rlhf.tables import log_text, markdown_table
+from lit_rlhf.tables import log_table
 
 
 class WinRateCallback(L.Callback):
@@ -199,7 +199,8 @@ class WinRateCallback(L.Callback):
             pl_module.log(name, value, rank_zero_only=True)
         if self.num_logged_pairs > 0:
             step = pl_module.logging_step() if hasattr(pl_module, "logging_step") else trainer.global_step
-            log_text(pl_module.loggers, "samples/win_rate", self.table(result), step)
+            headline, columns, rows = self.sample_table(result)
+            log_table(pl_module.loggers, "samples/win_rate", columns, rows, step, headline=headline)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> WinRateResult:
         """Generate, judge both orders and keep the result in :attr:`last_result`."""
@@ -230,8 +231,8 @@ class WinRateCallback(L.Callback):
         self._reference_responses = (key, [p.reference_response for p in self.last_result.pairs])
         return self.last_result
 
-    def table(self, result: WinRateResult) -> str:
-        """A line with the figures, then the first ``num_logged_pairs`` pairs as a markdown table."""
+    def sample_table(self, result: WinRateResult) -> tuple[str, tuple[str, ...], list[tuple[Any, ...]]]:
+        """A line with the figures, the column names and the first ``num_logged_pairs`` pairs as rows."""
         rows = [
             (
                 p.prompt,
@@ -245,7 +246,7 @@ class WinRateCallback(L.Callback):
         ]
         headline = (
             f"win rate {result.win_rate:.3f} [{result.ci_low:.3f}, {result.ci_high:.3f}] over {result.num_pairs} "
-            f"prompts: {result.wins} wins, {result.ties} ties, {result.losses} losses\n\n"
+            f"prompts: {result.wins} wins, {result.ties} ties, {result.losses} losses"
         )
-        headers = ("prompt", "policy", "reference", "verdict, policy as A", "verdict, policy as B", "score")
-        return headline + markdown_table(headers, rows)
+        columns = ("prompt", "policy", "reference", "verdict, policy as A", "verdict, policy as B", "score")
+        return headline, columns, rows

@@ -22,7 +22,7 @@ from lit_rlhf.models.scoring import (
     token_scores,
 )
 from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
-from lit_rlhf.tables import log_text, markdown_table
+from lit_rlhf.tables import log_table
 
 
 class RewardModule(RLHFModule):
@@ -222,7 +222,7 @@ class RewardModule(RLHFModule):
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
             header = ("prompt", "chosen", "rejected", "r_chosen / r_rejected", "pair type")
-            log_text(self.loggers, "samples/val_pairs", markdown_table(header, self._samples), self.global_step)
+            log_table(self.loggers, "samples/val_pairs", header, self._samples, self.global_step)
         self._samples = []
 
     def on_train_end(self) -> None:

@@ -22,7 +22,7 @@ from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
 from lit_rlhf.rollout import packed_logits_at, takes_logits_to_keep
-from lit_rlhf.tables import log_text, markdown_table
+from lit_rlhf.tables import log_table
 
 
 class SFTModule(RLHFModule):
@@ -209,6 +209,6 @@ class SFTModule(RLHFModule):
                 self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
-            table = markdown_table(("prompt", "generated", "reference", "score"), self._samples)
-            log_text(self.loggers, "samples/val", table, self.global_step)
+            columns = ("prompt", "generated", "reference", "score")
+            log_table(self.loggers, "samples/val", columns, self._samples, self.global_step)
         self._samples = []
