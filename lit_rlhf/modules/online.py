@@ -266,8 +266,8 @@ class OnlineRLModule(RLHFModule):
         room = self.hparams.num_logged_samples - len(self._samples)
         for i in range(min(room, len(rows))):
             gold = metrics.get("exact_match")  # the dataset's verifier, if it has one: hacking shows as reward vs gold
-            gold_text = "" if gold is None else f"{gold[i]:.0f}"
-            self._samples.append((rows[i]["prompt"], completions[i], f"{metrics['reward'][i]:+.3f}", gold_text))
+            reward = round(float(metrics["reward"][i]), 4)
+            self._samples.append((rows[i]["prompt"], completions[i], reward, None if gold is None else float(gold[i])))
 
     def on_validation_epoch_end(self) -> None:
         for name, metric in self.val_metrics.items():
@@ -277,7 +277,7 @@ class OnlineRLModule(RLHFModule):
         if self._samples and not self.trainer.sanity_checking:
             header: tuple[str, ...] = ("prompt", "greedy response", "reward", "exact match")
             samples = self._samples
-            if all(not row[-1] for row in samples):  # no verifier (e.g. TL;DR, HH): no empty gold column
+            if all(row[-1] is None for row in samples):  # no verifier (e.g. TL;DR, HH): no empty gold column
                 header, samples = header[:-1], [row[:-1] for row in samples]
             log_table(self.loggers, "samples/val", header, samples, self.iteration)
         self._samples = []

@@ -204,8 +204,9 @@ class RewardModule(RLHFModule):
         room = self.hparams.num_logged_pairs - len(self._samples)
         for i in range(min(room, len(rows))):
             row = rows[i]
-            scores = f"{chosen[i].item():+.3f} / {rejected[i].item():+.3f}"
-            self._samples.append((row["prompt"], row["chosen"], row["rejected"], scores, str(row.get("pair_type", ""))))
+            scores = round(chosen[i].item(), 4), round(rejected[i].item(), 4)
+            pair_type = str(row.get("pair_type", ""))
+            self._samples.append((row["prompt"], row["chosen"], row["rejected"], *scores, pair_type))
 
     def on_validation_epoch_end(self) -> None:
         chosen, rejected, margin = (m.compute() for m in (self.val_chosen, self.val_rejected, self.val_margin))
@@ -221,7 +222,7 @@ class RewardModule(RLHFModule):
                 self.log(f"val/accuracy/{pair_type}", metric.compute())
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
-            header = ("prompt", "chosen", "rejected", "r_chosen / r_rejected", "pair type")
+            header = ("prompt", "chosen", "rejected", "r_chosen", "r_rejected", "pair type")
             log_table(self.loggers, "samples/val_pairs", header, self._samples, self.global_step)
         self._samples = []
 

@@ -113,7 +113,8 @@ class SFTModule(RLHFModule):
         self.val_loss = MeanMetric()
         self.val_token_accuracy = MeanMetric()
         self.val_gold = torch.nn.ModuleDict()
-        self._samples: list[tuple[str, str, str, str]] = []
+        self._samples: list[tuple[Any, ...]] = []
+        self._sample_columns: tuple[str, ...] = ()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits ``(batch, seq_len, vocab)``."""
@@ -195,8 +196,9 @@ class SFTModule(RLHFModule):
         self.lazy_mean_metric(self.val_gold, "eos_rate").update(generation.has_eos.float())
         room = self.hparams.num_logged_samples - len(self._samples)
         for i in range(min(room, len(completions))):
-            score = ", ".join(f"{k}={v[i]:.2f}" for k, v in scores.items())
-            self._samples.append((rows[i]["prompt"], completions[i], rows[i]["response"], score))
+            gold = tuple(float(v[i]) for v in scores.values())  # one column per gold metric, as numbers
+            self._samples.append((rows[i]["prompt"], completions[i], rows[i]["response"], *gold))
+        self._sample_columns = ("prompt", "generated", "reference", *scores)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
@@ -209,6 +211,5 @@ class SFTModule(RLHFModule):
                 self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
-            columns = ("prompt", "generated", "reference", "score")
-            log_table(self.loggers, "samples/val", columns, self._samples, self.global_step)
+            log_table(self.loggers, "samples/val", self._sample_columns, self._samples, self.global_step)
         self._samples = []
