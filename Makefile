@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) -m lit_rlhf.demo $(if $(FRESH),--fresh,)
+	$(PY) -m lit_rlhf demo $(if $(FRESH),--fresh,)
 
 test: install
 	$(PY) -m pytest -q -m "not slow"

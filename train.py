@@ -1,4 +1,7 @@
-"""Train with lit_rlhf: ``python train.py fit --config configs/arithmetic/sft.yaml`` (``--help`` for all options)."""
+"""``python train.py <command> ...`` is the ``lit-rlhf`` command, e.g. ``python train.py fit --config FILE``.
+
+``python train.py --help`` lists the commands (fit, validate, evaluate, winrate, label, demo).
+"""
 
 from lit_rlhf.cli import main
 

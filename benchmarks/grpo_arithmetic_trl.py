@@ -2,13 +2,14 @@
 (``configs/arithmetic/grpo.yaml``), from the same SFT export, on the same prompts, with the same reward (the
 verifier's exact match) and the same GRPO settings.
 
-Setup, once: TRL gets its own virtualenv (default ``/work/trl116-venv``, or ``--trl-python``), so it never touches
-``.venv``. Pin torch first (an unpinned torch pulls several GB of CUDA packages; on a CPU machine without the local
-CPU wheel add ``--index-url https://download.pytorch.org/whl/cpu`` to the first install, see the README):
+Setup, once, from the repository root: TRL gets its own virtualenv beside the repository (``../trl116-venv``, or
+``--trl-python``), so it never touches ``.venv``. Pin torch first (an unpinned torch pulls several GB of CUDA
+packages; on a CPU machine without the local CPU wheel add ``--index-url https://download.pytorch.org/whl/cpu`` to the
+first install, see the README):
 
-    python3 -m venv /work/trl116-venv
-    /work/trl116-venv/bin/pip install torch==2.13.0
-    /work/trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate
+    python3 -m venv ../trl116-venv
+    ../trl116-venv/bin/pip install torch==2.13.0
+    ../trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate
 
 Run with the repository's ``.venv`` (needs ``runs/arithmetic/sft/hf``):
 
@@ -78,10 +79,10 @@ from benchmarks.common import (  # noqa: E402
 )
 
 WORKER = os.path.join(ROOT, "benchmarks", "_trl_grpo_worker.py")
-DEFAULT_TRL_PYTHON = "/work/trl116-venv/bin/python"
+DEFAULT_TRL_PYTHON = os.path.join(os.path.dirname(ROOT), "trl116-venv", "bin", "python")
 SETUP = (
-    "python3 -m venv /work/trl116-venv && /work/trl116-venv/bin/pip install torch==2.13.0 && "
-    '/work/trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate'
+    "python3 -m venv ../trl116-venv && ../trl116-venv/bin/pip install torch==2.13.0 && "
+    '../trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate'
 )
 REFERENCE = (
     "The issue's reference point: TRL 1.16 GRPOTrainer on the same model and settings rose 64% → 80% held-out "
@@ -534,7 +535,11 @@ def checks(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON, help="python of the TRL venv (see the setup)")
+    parser.add_argument(
+        "--trl-python",
+        default=DEFAULT_TRL_PYTHON,
+        help="python of the TRL venv (default: ../trl116-venv/bin/python beside the repository; see the setup)",
+    )
     parser.add_argument("--lit-config", default="configs/arithmetic/grpo.yaml", help="lit_rlhf GRPO config")
     parser.add_argument("--skip-lit", action="store_true", help="run the TRL side only")
     parser.add_argument("--skip-trl", action="store_true", help="run the lit_rlhf side only")
@@ -613,7 +618,7 @@ def main() -> None:
             from lit_rlhf.evaluate import evaluate_arithmetic
 
             lit_before = evaluate_arithmetic(
-                args.policy, num_val=args.num_val, seed=args.data_seed, max_new_tokens=args.max_new_tokens
+                args.policy, num_val=args.num_val, data_seed=args.data_seed, max_new_tokens=args.max_new_tokens
             )["exact_match"]
             print(f"lit_rlhf.evaluate on {args.policy}: held-out exact-match {lit_before:.1%}", flush=True)
         for run in range(args.runs):

@@ -311,7 +311,11 @@ def notes(args: argparse.Namespace, rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON, help="python of the TRL venv (see the setup)")
+    parser.add_argument(
+        "--trl-python",
+        default=DEFAULT_TRL_PYTHON,
+        help="python of the TRL venv (default: ../trl-venv/bin/python beside the repository; see the setup)",
+    )
     parser.add_argument("--lit-config", default="configs/arithmetic/ppo.yaml", help="lit_rlhf PPO config")
     parser.add_argument("--skip-lit", action="store_true", help="run the TRL side only")
     parser.add_argument("--skip-trl", action="store_true", help="run the lit_rlhf side only")
@@ -382,7 +386,7 @@ def main() -> None:
             from lit_rlhf.evaluate import evaluate_arithmetic
 
             before = evaluate_arithmetic(
-                args.policy, num_val=args.num_val, seed=args.data_seed, max_new_tokens=args.response_length
+                args.policy, num_val=args.num_val, data_seed=args.data_seed, max_new_tokens=args.response_length
             )["exact_match"]
         for run in range(args.runs):
             seed = args.seed + run

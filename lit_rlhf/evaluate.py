@@ -1,84 +1,150 @@
-"""Gold-metric evaluation of any HF policy on the arithmetic held-out prompts.
+"""``lit-rlhf evaluate``: the gold metric of any HF policy on the held-out arithmetic prompts.
 
-python -m lit_rlhf.evaluate runs/arithmetic/sft/hf            # 512 held-out prompts, greedy
-python -m lit_rlhf.evaluate runs/arithmetic/ppo/hf --reward-model runs/arithmetic/reward/hf   # + mean RM score
-python -m lit_rlhf.evaluate runs/arithmetic/sft/hf --json     # machine-readable
+Greedy answers to the held-out problems of the arithmetic-series task, scored by its verifier: exact-match (the
+whole series right), graded score (partial credit) and EOS rate; with ``--reward_model``, also that reward model's
+mean normalised score of the same answers (what PPO with it maximises, beside the gold metric it does not see).
+
+    lit-rlhf evaluate --policy runs/arithmetic/sft/hf                 # 512 held-out prompts, greedy
+    lit-rlhf evaluate --policy runs/arithmetic/ppo/hf --reward_model runs/arithmetic/reward/hf
+    lit-rlhf evaluate --policy runs/arithmetic/sft/hf --json          # one JSON object on stdout
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import time
+from collections.abc import Sequence
 
-import torch
-
-from lit_rlhf.data.arithmetic import ArithmeticDataModule
-from lit_rlhf.generation import generate_for_batch
-from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+DEFAULT_NUM_VAL = 512
+DEFAULT_DATA_SEED = 1234
 
 
-@torch.no_grad()
 def evaluate_arithmetic(
     policy: str,
-    num_val: int = 512,
-    seed: int = 1234,
+    num_val: int = DEFAULT_NUM_VAL,
+    data_seed: int = DEFAULT_DATA_SEED,
     batch_size: int = 256,
     max_new_tokens: int = 32,
     reward_model: str | None = None,
+    device: str | None = None,
 ) -> dict[str, float]:
     """Greedy exact-match, graded score and EOS rate of ``policy`` on the held-out arithmetic problems.
 
     Args:
-        policy: an HF folder or ``tiny-arithmetic`` (untrained, as a floor).
-        num_val: held-out problems; with ``seed`` it must match the training data config to be held out.
-        seed: the ArithmeticDataModule seed (1234 in the shipped configs).
+        policy: an HF folder or hub name, or ``tiny-arithmetic`` (the untrained embedded model, as a floor).
+        num_val: held-out problems; with ``data_seed`` it must match the training data config (``num_val``,
+            ``seed`` of ``ArithmeticDataModule``) for the problems to be held out.
+        data_seed: the ``ArithmeticDataModule`` seed that draws the split (1234 in the shipped configs).
         batch_size: prompts per generation batch.
-        max_new_tokens: generation length.
-        reward_model: a reward-model export; adds ``reward``, its mean normalised score of the same greedy answers
-            (what PPO with that reward model maximises, next to the gold metrics it does not see).
+        max_new_tokens: longest answer, in tokens.
+        reward_model: a reward-model export; adds ``reward``, its mean normalised score of the same greedy answers.
+        device: ``cuda``, ``cpu``, ...; ``None`` or ``auto``: a GPU when one is visible.
 
     Returns:
-        ``{"exact_match", "graded_score", "eos_rate", "num_prompts", "seconds"}`` (and ``"reward"``).
+        ``{"exact_match", "graded_score", "eos_rate", "num_prompts", "seconds"}`` (and ``"reward"``): rates and scores
+        are means over the ``num_val`` prompts.
     """
+    import torch
+
+    from lit_rlhf.cli import resolve_device
+    from lit_rlhf.data.arithmetic import ArithmeticDataModule
+    from lit_rlhf.generation import generate_for_batch
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+
     start = time.perf_counter()
+    device = resolve_device(device)
     tokenizer = load_tokenizer(policy)
-    model = load_causal_lm(policy, tokenizer).eval()
-    data = ArithmeticDataModule(num_val=num_val, seed=seed, eval_batch_size=batch_size)
+    model = load_causal_lm(policy, tokenizer).eval().to(device)
+    data = ArithmeticDataModule(num_val=num_val, seed=data_seed, eval_batch_size=batch_size)
     data.connect(tokenizer)
     data.setup("validate")
     scorer = None
     if reward_model is not None:
         from lit_rlhf.rewards import RewardModelReward
 
-        scorer = RewardModelReward(reward_model)
+        scorer = RewardModelReward(reward_model).to(device)
     totals: dict[str, float] = {}
-    for batch in data.val_dataloader():
-        generation, completions = generate_for_batch(model, tokenizer, batch, max_new_tokens)
-        scores = data.score_completions(completions, batch["rows"])
-        scores["eos_rate"] = generation.has_eos.float().tolist()
-        if scorer is not None:
-            rows = batch["rows"]
-            finished = generation.has_eos.tolist()
-            scores["reward"] = scorer([r["prompt"] for r in rows], completions, rows, finished).tolist()
-        for name, values in scores.items():
-            totals[name] = totals.get(name, 0.0) + sum(values)
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            generation, completions = generate_for_batch(model, tokenizer, batch, max_new_tokens)
+            scores = data.score_completions(completions, batch["rows"])
+            scores["eos_rate"] = generation.has_eos.float().tolist()
+            if scorer is not None:
+                rows = batch["rows"]
+                finished = generation.has_eos.tolist()
+                scores["reward"] = scorer([r["prompt"] for r in rows], completions, rows, finished).tolist()
+            for name, values in scores.items():
+                totals[name] = totals.get(name, 0.0) + sum(values)
     result = {name: value / num_val for name, value in totals.items()}
     return {**result, "num_prompts": num_val, "seconds": time.perf_counter() - start}
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("policy", help="HF model folder (e.g. runs/arithmetic/sft/hf)")
-    parser.add_argument("--num-val", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--reward-model", default=None, help="also report this reward model's mean score")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+def build_parser(prog: str = "lit-rlhf evaluate"):
+    """The options of ``lit-rlhf evaluate``."""
+    from lit_rlhf.cli import CommandParser, add_policy_option
+
+    parser = CommandParser(prog, __doc__)
+    add_policy_option(
+        parser,
+        "the policy to evaluate: an HF folder (e.g. runs/arithmetic/sft/hf), a hub name, or tiny-arithmetic "
+        "(the untrained embedded model)",
+        positional_alias=True,
+    )
+    parser.add_option(
+        "--num_val",
+        "--num-val",
+        type=int,
+        default=DEFAULT_NUM_VAL,
+        metavar="N",
+        help="held-out problems to answer; must equal the training config's data num_val (default: %(default)s)",
+    )
+    parser.add_option(
+        "--data_seed",
+        type=int,
+        default=DEFAULT_DATA_SEED,
+        metavar="SEED",
+        help="seed of the train/held-out split; must equal the training config's data seed (default: %(default)s)",
+    )
+    parser.add_option(
+        "--batch_size",
+        "--batch-size",
+        type=int,
+        default=256,
+        metavar="N",
+        help="prompts per generation batch (default: %(default)s)",
+    )
+    parser.add_option(
+        "--max_new_tokens",
+        "--max-new-tokens",
+        type=int,
+        default=32,
+        metavar="N",
+        help="longest answer, in tokens (default: %(default)s)",
+    )
+    parser.add_option(
+        "--reward_model",
+        "--reward-model",
+        default=None,
+        metavar="PATH",
+        help="also report this reward model's mean normalised score of the same answers (default: none)",
+    )
+    parser.add_option(
+        "--device",
+        default="auto",
+        help="cuda, cpu, cuda:1, ...; auto: a GPU when one is visible (default: %(default)s)",
+    )
+    parser.add_option("--json", action="store_true", help="print one JSON object instead of a sentence")
+    parser.add_option("--out", default=None, metavar="FILE", help="also write the results to this JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "lit-rlhf evaluate") -> dict[str, float]:
+    """``lit-rlhf evaluate``: print (and with ``--out``, write) the results of :func:`evaluate_arithmetic`."""
+    args = build_parser(prog).parse_args(argv)
     result = evaluate_arithmetic(
-        args.policy, args.num_val, args.seed, args.batch_size, args.max_new_tokens, args.reward_model
+        args.policy, args.num_val, args.data_seed, args.batch_size, args.max_new_tokens, args.reward_model, args.device
     )
     if args.json:
         print(json.dumps(result))
@@ -89,6 +155,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             + (f", reward-model score {result['reward']:+.3f}" if "reward" in result else "")
             + f" on {result['num_prompts']} held-out prompts ({result['seconds']:.1f}s)"
         )
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"policy": args.policy, "reward_model": args.reward_model, **result}, f, indent=2)
+        if not args.json:
+            print(f"wrote {args.out}")
     return result
 
 

@@ -1,13 +1,16 @@
-"""Win rate of a policy against a reference (any two HF causal LMs) on N prompts, each pair judged in both orders.
+"""``lit-rlhf winrate``: win rate of a policy against a reference (two HF causal LMs) on N prompts.
 
-python -m lit_rlhf.winrate --policy runs/arithmetic/ppo/hf --reference runs/arithmetic/sft/hf \\
-    --prompts arithmetic --judge-reward-model runs/arithmetic/reward/hf
-python -m lit_rlhf.winrate --policy runs/tldr/ppo/hf --reference runs/tldr/sft/hf --prompts prompts.jsonl \\
-    --judge-llm Qwen/Qwen2.5-0.5B-Instruct --num-prompts 200 --out runs/tldr/winrate.json
+Both models answer each prompt greedily; the judge (a reward model, or an LLM asked "A or B") compares the two
+answers twice, once with the policy's answer in position A and once in position B, so that a judge's preference for
+a position cancels out. Each order scores 1 (policy preferred), 0.5 (no verdict) or 0; a prompt scores the mean of
+its two orders and the win rate is the mean over prompts.
+Prints the win rate with its confidence interval, the wins / ties / losses and a few pairs; --out writes them all,
+with every pair, as JSON.
 
-Both models answer greedily; the judge (a reward model, or an LLM asked "A or B") compares the two answers once
-with the policy's in position A and once in position B. Prints the win rate with its confidence interval, the
-wins / ties / losses and a few pairs; --out writes them all (and every pair) as JSON.
+    lit-rlhf winrate --policy runs/arithmetic/ppo/hf --reference runs/arithmetic/sft/hf \\
+        --prompts arithmetic --judge_reward_model runs/arithmetic/reward/hf
+    lit-rlhf winrate --policy runs/tldr/ppo/hf --reference runs/tldr/sft/hf --prompts prompts.jsonl \\
+        --judge_llm Qwen/Qwen2.5-0.5B-Instruct --num_prompts 200 --out runs/tldr/winrate.json
 """
 
 from __future__ import annotations
@@ -16,28 +19,31 @@ import argparse
 import json
 import os
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
+from lit_rlhf.cli import CommandParser, add_policy_option, add_tristate_option, resolve_device
 
-from lit_rlhf.evaluation.compare import WinRateResult, win_rate
-from lit_rlhf.evaluation.judges import DEFAULT_PAIRWISE_TEMPLATE, LLMPairwiseJudge, PairwiseJudge, RewardModelJudge
-from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+if TYPE_CHECKING:
+    from lit_rlhf.evaluation.compare import WinRateResult
+    from lit_rlhf.evaluation.judges import PairwiseJudge
 
 ARITHMETIC = "arithmetic"
 ARITHMETIC_HELD_OUT = 512
-"""The held-out arithmetic problems of the shipped configs (``num_val: 512``), as ``lit_rlhf.evaluate`` uses."""
+"""The held-out arithmetic problems of the shipped configs (``num_val: 512``), as ``lit-rlhf evaluate`` uses."""
 
 
-def read_prompts(source: str, column: str = "prompt", num_prompts: int | None = None, seed: int = 1234) -> list[str]:
+def read_prompts(
+    source: str, column: str = "prompt", num_prompts: int | None = None, data_seed: int = 1234
+) -> list[str]:
     """The first ``num_prompts`` prompts of a file (``.jsonl``, ``.json``, ``.csv``, ``.parquet``) or ``arithmetic``.
 
     Args:
         source: a data file with a ``column`` of prompt texts, or ``"arithmetic"`` for the embedded held-out prompts
-            (the 512 held-out problems of ``ArithmeticDataModule(num_val=512, seed=seed)``).
+            (the 512 held-out problems of ``ArithmeticDataModule(num_val=512, seed=data_seed)``).
         column: the prompt column of a file.
         num_prompts: how many, from the start; ``None`` = all.
-        seed: the arithmetic split's seed (1234 in the shipped configs).
+        data_seed: the arithmetic split's seed, the DataModule's ``seed`` (1234 in the shipped configs).
 
     Raises:
         DataError: a missing file, or a row without a non-empty ``column`` string (named by file and row).
@@ -50,7 +56,7 @@ def read_prompts(source: str, column: str = "prompt", num_prompts: int | None = 
 
         if num_prompts is not None and num_prompts > ARITHMETIC_HELD_OUT:
             raise ValueError(f"arithmetic has {ARITHMETIC_HELD_OUT} held-out prompts, asked for {num_prompts}")
-        _, held_out = split_problems(ARITHMETIC_HELD_OUT, 1, seed)
+        _, held_out = split_problems(ARITHMETIC_HELD_OUT, 1, data_seed)
         return [problem.prompt for problem in held_out[:num_prompts]]
     from lit_rlhf.data.rows import validate_text_rows
     from lit_rlhf.data.sources import is_local_file, load_rows
@@ -65,6 +71,9 @@ def read_prompts(source: str, column: str = "prompt", num_prompts: int | None = 
 
 
 def build_judge(args: argparse.Namespace) -> PairwiseJudge:
+    """The judge the options name: a :class:`RewardModelJudge` or an :class:`LLMPairwiseJudge`."""
+    from lit_rlhf.evaluation.judges import DEFAULT_PAIRWISE_TEMPLATE, LLMPairwiseJudge, RewardModelJudge
+
     if args.judge_reward_model:
         return RewardModelJudge(
             args.judge_reward_model,
@@ -72,14 +81,14 @@ def build_judge(args: argparse.Namespace) -> PairwiseJudge:
             dtype=args.dtype,
             attn_implementation=args.attn_implementation,
         )
-    template = args.template or DEFAULT_PAIRWISE_TEMPLATE
-    if args.template and os.path.isfile(args.template):
-        with open(args.template, encoding="utf-8") as f:
+    template = args.judge_template or DEFAULT_PAIRWISE_TEMPLATE
+    if args.judge_template and os.path.isfile(args.judge_template):
+        with open(args.judge_template, encoding="utf-8") as f:
             template = f.read()
     return LLMPairwiseJudge(
         args.judge_llm,
         template=template,
-        system_prompt=args.system_prompt,
+        system_prompt=args.judge_system_prompt,
         use_chat_template=args.judge_chat_template,
         batch_size=args.batch_size,
         max_new_tokens=args.judge_max_new_tokens,
@@ -89,59 +98,194 @@ def build_judge(args: argparse.Namespace) -> PairwiseJudge:
 
 
 def load_model(path: str, dtype: str | None, device: str, attn_implementation: str | None = None) -> tuple[Any, Any]:
+    """A causal LM in eval mode on ``device`` and its tokenizer."""
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path, tokenizer, dtype=dtype, attn_implementation=attn_implementation)
     return model.eval().to(device), tokenizer
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", required=True, help="HF causal LM folder or hub name (the model under test)")
-    parser.add_argument("--reference", required=True, help="HF causal LM folder or hub name (the model to beat)")
-    parser.add_argument("--prompts", required=True, help=f"a .jsonl/.json/.csv/.parquet file or {ARITHMETIC!r}")
-    parser.add_argument("--prompt-column", default="prompt", help="column of the prompt texts in the file")
-    parser.add_argument("--num-prompts", type=int, default=None, help="the first N prompts (default: all)")
-    parser.add_argument("--arithmetic-seed", type=int, default=1234, help="seed of the arithmetic held-out split")
-    judge = parser.add_mutually_exclusive_group(required=True)
-    judge.add_argument("--judge-reward-model", help="reward-model folder: the higher score wins")
-    judge.add_argument("--judge-llm", help="causal LM folder or hub name, asked 'A or B' greedily")
-    parser.add_argument(
-        "--template", help="LLM judge prompt (text or a file) with {prompt}, {response_a}, {response_b}"
+def build_parser(prog: str = "lit-rlhf winrate") -> CommandParser:
+    """The options of ``lit-rlhf winrate``."""
+    parser = CommandParser(prog, __doc__)
+    add_policy_option(parser, "the model under test: an HF causal-LM folder or hub name")
+    parser.add_option(
+        "--reference", required=True, metavar="PATH", help="the model to beat: an HF causal-LM folder or hub name"
     )
-    parser.add_argument("--system-prompt", help="LLM judge system message")
-    parser.add_argument(
-        "--judge-chat-template", action=argparse.BooleanOptionalAction, default=None, help="default: if it has one"
+    parser.add_option(
+        "--prompts",
+        required=True,
+        metavar="SOURCE",
+        help=f"a .jsonl/.json/.csv/.parquet file with a prompt column, or {ARITHMETIC!r} (the held-out arithmetic "
+        "prompts of the shipped configs)",
     )
-    parser.add_argument("--judge-max-new-tokens", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest policy / reference response")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation (and judge) batch")
-    parser.add_argument(
-        "--use-chat-template",
-        action=argparse.BooleanOptionalAction,
+    parser.add_option(
+        "--prompt_column",
+        "--prompt-column",
+        default="prompt",
+        metavar="NAME",
+        help="column of the prompt texts in the file (default: %(default)s)",
+    )
+    parser.add_option(
+        "--num_prompts",
+        "--num-prompts",
+        type=int,
         default=None,
-        help="wrap the prompts in each model's chat template (default: if it has one; never for arithmetic)",
+        metavar="N",
+        help="judge the first N prompts (default: all)",
     )
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    parser.add_argument(
+    parser.add_option(
+        "--data_seed",
+        "--arithmetic-seed",
+        type=int,
+        default=1234,
+        metavar="SEED",
+        help=f"with --prompts {ARITHMETIC}: seed of the train/held-out split, as the training config's data seed "
+        "(default: %(default)s)",
+    )
+    judge = parser.add_mutually_exclusive_group(required=True)
+    parser.add_option(
+        "--judge_reward_model",
+        "--judge-reward-model",
+        group=judge,
+        metavar="PATH",
+        help="judge with this reward model: the higher score wins (one of the two judges is required)",
+    )
+    parser.add_option(
+        "--judge_llm",
+        "--judge-llm",
+        group=judge,
+        metavar="PATH",
+        help="judge with this causal LM (folder or hub name), asked greedily which answer, A or B, is better",
+    )
+    parser.add_option(
+        "--judge_template",
+        "--template",
+        default=None,
+        metavar="TEXT_OR_FILE",
+        help="LLM judge prompt, or a file holding it, with {prompt}, {response_a} and {response_b} "
+        "(default: a built-in template asking which response answers the prompt better)",
+    )
+    parser.add_option(
+        "--judge_system_prompt",
+        "--system-prompt",
+        default=None,
+        metavar="TEXT",
+        help="LLM judge system message (default: none)",
+    )
+    add_tristate_option(
+        parser,
+        "--judge_chat_template",
+        "judge-chat-template",
+        "wrap the LLM judge's prompt in its chat template; auto: if its tokenizer has one (default: auto)",
+    )
+    parser.add_option(
+        "--judge_max_new_tokens",
+        "--judge-max-new-tokens",
+        type=int,
+        default=4,
+        metavar="N",
+        help="longest LLM judge verdict, in tokens (default: %(default)s)",
+    )
+    parser.add_option(
+        "--max_new_tokens",
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        metavar="N",
+        help="longest policy / reference answer, in tokens (default: %(default)s)",
+    )
+    parser.add_option(
+        "--batch_size",
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="prompts per generation (and judge) batch (default: %(default)s)",
+    )
+    add_tristate_option(
+        parser,
+        "--use_chat_template",
+        "use-chat-template",
+        f"wrap the prompts in each model's chat template; auto: if it has one; never with --prompts {ARITHMETIC} "
+        "(default: auto)",
+    )
+    parser.add_option(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="weights of the policy, reference and judge (default: as saved)",
+    )
+    parser.add_option(
+        "--attn_implementation",
         "--attn-implementation",
         default=None,
-        help="attention kernel of the policy, reference and judge (eager, sdpa, flash_attention_2; default: "
-        "transformers' choice)",
+        metavar="NAME",
+        help="attention kernel of the policy, reference and judge: eager, sdpa, flash_attention_2 "
+        "(default: transformers' choice)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--ci-method", choices=["bootstrap", "normal"], default="bootstrap")
-    parser.add_argument("--num-resamples", type=int, default=10_000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--show", type=int, default=3, help="pairs to print")
-    parser.add_argument("--out", help="write the figures and every pair to this JSON file")
-    return parser.parse_args(argv)
+    parser.add_option(
+        "--device",
+        default="auto",
+        help="cuda, cpu, cuda:1, ...; auto: a GPU when one is visible (default: %(default)s)",
+    )
+    parser.add_option(
+        "--confidence",
+        type=float,
+        default=0.95,
+        metavar="LEVEL",
+        help="level of the confidence interval, between 0 and 1 (default: %(default)s)",
+    )
+    parser.add_option(
+        "--ci_method",
+        "--ci-method",
+        choices=["bootstrap", "normal"],
+        default="bootstrap",
+        help="confidence interval: percentile bootstrap over prompts, or the normal approximation "
+        "(default: %(default)s)",
+    )
+    parser.add_option(
+        "--num_resamples",
+        "--num-resamples",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="bootstrap resamples (default: %(default)s)",
+    )
+    parser.add_option(
+        "--bootstrap_seed",
+        type=int,
+        default=0,
+        metavar="SEED",
+        help="seed of the bootstrap resampling (default: %(default)s)",
+    )
+    parser.add_option(
+        "--show", type=int, default=3, metavar="N", help="prompts whose answers and verdicts are printed (default: 3)"
+    )
+    parser.add_option(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the figures, the settings and every pair with its verdicts to this JSON file (default: none)",
+    )
+    return parser
 
 
-def main(argv: list[str] | None = None) -> WinRateResult:
-    args = parse_args(argv)
+def parse_args(argv: Sequence[str] | None, prog: str = "lit-rlhf winrate") -> argparse.Namespace:
+    """Parse ``lit-rlhf winrate`` options (``device`` resolved: ``auto`` becomes ``cuda`` or ``cpu``)."""
+    args = build_parser(prog).parse_args(argv)
+    args.device = resolve_device(args.device)
+    return args
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "lit-rlhf winrate") -> WinRateResult:
+    """``lit-rlhf winrate``: generate, judge both orders, print the table (and with ``--out``, write JSON)."""
+    args = parse_args(argv, prog)
+    from lit_rlhf.evaluation.compare import win_rate
+
     start = time.perf_counter()
-    prompts = read_prompts(args.prompts, args.prompt_column, args.num_prompts, args.arithmetic_seed)
+    prompts = read_prompts(args.prompts, args.prompt_column, args.num_prompts, args.data_seed)
     use_chat_template = False if args.prompts == ARITHMETIC else args.use_chat_template
     policy, policy_tokenizer = load_model(args.policy, args.dtype, args.device, args.attn_implementation)
     reference, reference_tokenizer = load_model(args.reference, args.dtype, args.device, args.attn_implementation)
@@ -159,7 +303,7 @@ def main(argv: list[str] | None = None) -> WinRateResult:
         confidence=args.confidence,
         ci_method=args.ci_method,
         num_resamples=args.num_resamples,
-        seed=args.seed,
+        seed=args.bootstrap_seed,
     )
     seconds = time.perf_counter() - start
     judge_name = f"reward model {args.judge_reward_model}" if args.judge_reward_model else f"LLM {args.judge_llm}"

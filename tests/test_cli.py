@@ -1,13 +1,16 @@
+import argparse
 import glob
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from lit_rlhf.cli import cli_main
+from lit_rlhf.cli import COMMANDS, cli_main, run_command
 from tests.conftest import TINY_MODEL_CONFIG
 from tests.helpers import SFT_METRICS, fixture_texts, read_events, save_tiny_gpt2, tiny_cli_args
 
@@ -33,6 +36,53 @@ def test_help_and_print_config_from_the_script():
         [sys.executable, "train.py", "fit", "--print_config"], cwd=ROOT, capture_output=True, text=True
     )
     assert out.returncode == 0 and "seed_everything" in out.stdout
+
+
+LIT_RLHF_SCRIPT = os.path.join(os.path.dirname(sys.executable), "lit-rlhf")
+
+
+def test_one_command_lists_its_subcommands_from_any_directory(tmp_path):
+    entries = [[sys.executable, "-m", "lit_rlhf"], [sys.executable, os.path.join(ROOT, "train.py")]]
+    if os.path.isfile(LIT_RLHF_SCRIPT):  # the installed console script, where the package is installed
+        entries.append([LIT_RLHF_SCRIPT])
+    for entry in entries:
+        out = subprocess.run([*entry, "--help"], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        for name in COMMANDS:
+            assert f"\n  {name} " in out.stdout, (entry, name)
+    out = subprocess.run(
+        [sys.executable, "-m", "lit_rlhf", "fit", "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "usage: lit-rlhf [options] fit" in out.stdout and "--trainer.max_steps" in out.stdout
+
+
+@pytest.mark.parametrize("name", [n for n in COMMANDS if n not in ("fit", "validate")])
+def test_every_command_has_snake_case_options_with_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_command([name, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: lit-rlhf {name} [-h] ")
+    parser = importlib.import_module(COMMANDS[name][0]).build_parser()
+    shown = [a for a in parser._actions if a.help is not argparse.SUPPRESS and a.option_strings]
+    assert len(shown) > 1
+    for action in shown:
+        long_names = [o for o in action.option_strings if o.startswith("--")]
+        assert all(re.fullmatch(r"--[a-z0-9_]+", o) for o in long_names), long_names
+        assert action.help and len(action.help) > 15, long_names
+        if action.default not in (None, False, "", argparse.SUPPRESS) and long_names != ["--help"]:
+            assert "default" in action.help, long_names  # every default is stated
+    policy = [a for a in shown if "--policy" in a.option_strings]
+    if name != "demo":  # the policy has one form everywhere: --policy PATH
+        assert len(policy) == 1 and policy[0].metavar == "PATH"
+
+
+def test_unknown_commands_are_named_with_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(["test", "--config", SFT_CONFIG])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'test' (the modules define no test or predict step: use validate)" in err
+    assert "choose from fit, validate, evaluate, winrate, label, demo" in err
 
 
 def test_unknown_config_key_is_jsonargparse_error(tmp_path, capsys):
@@ -64,7 +114,8 @@ def test_fit_writes_run_folder_and_resumes_with_the_same_command(tmp_path):
     scalars, texts = read_events(run_dir)
     for tag in SFT_METRICS:
         assert tag in scalars, tag
-    assert any("| prompt | generated | reference | score |" in t for t in texts["samples/val/text_summary"])
+    header = "| prompt | generated | reference | exact_match | graded_score |"
+    assert any(header in t for t in texts["samples/val/text_summary"])
 
     # Same command plus --ckpt_path and more steps: config.yaml exists and is overwritten, training continues.
     args = tiny_cli_args(SFT_CONFIG, run_dir, max_steps=9)
@@ -159,7 +210,7 @@ def test_reward_stage_reads_the_sft_export_labels_pairs_and_resumes(tmp_path):
     for tag in ("train/loss", "train/accuracy", "train/margin", "val/accuracy", "val/margin", "val/accuracy/synthetic"):
         assert tag in scalars, tag
     assert any(
-        "| prompt | chosen | rejected | r_chosen / r_rejected |" in t for t in texts["samples/val_pairs/text_summary"]
+        "| prompt | chosen | rejected | r_chosen | r_rejected |" in t for t in texts["samples/val_pairs/text_summary"]
     )
     from transformers import AutoModelForSequenceClassification
 

@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
 def test_default_sft_config_reaches_60_percent_exact_match(runs):
     run_dir = runs / "arithmetic" / "sft"
     out = subprocess.run(
-        [sys.executable, "-m", "lit_rlhf.evaluate", str(run_dir / "hf"), "--json"],
+        [sys.executable, "-m", "lit_rlhf", "evaluate", "--policy", str(run_dir / "hf"), "--json"],
         cwd=ROOT,
         check=True,
         capture_output=True,

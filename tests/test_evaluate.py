@@ -1,3 +1,4 @@
+import json
 import math
 
 from lit_rlhf.evaluate import evaluate_arithmetic, main
@@ -21,5 +22,11 @@ def test_evaluate_reports_gold_metrics_and_the_reward_model_score(tmp_path, caps
     assert "reward" not in plain and plain["num_prompts"] == 8 and 0.0 <= plain["exact_match"] <= 1.0
     scored = evaluate_arithmetic(policy, num_val=8, max_new_tokens=6, reward_model=reward)
     assert math.isfinite(scored["reward"]) and scored["exact_match"] == plain["exact_match"]
-    main([policy, "--num-val", "8", "--max-new-tokens", "6", "--reward-model", reward])
+    out = tmp_path / "eval" / "result.json"
+    main(["--policy", policy, "--num_val", "8", "--max_new_tokens", "6", "--reward_model", reward, "--out", str(out)])
     assert f"reward-model score {scored['reward']:+.3f}" in capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert written["policy"] == policy and written["exact_match"] == plain["exact_match"] and "reward" in written
+    # The older spelling (a bare policy path, kebab-case options) still parses; --json prints one object.
+    main([policy, "--num-val", "8", "--max-new-tokens", "6", "--device", "cpu", "--json"])
+    assert json.loads(capsys.readouterr().out)["num_prompts"] == 8

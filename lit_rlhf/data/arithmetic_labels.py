@@ -13,12 +13,11 @@ credit between two wrong series is a weak, noisy signal that drowns the one that
 Labelling is cached in a jsonl file whose name is a digest of the policy's weights and of every labelling
 setting, so a second run (or the resumed run) reuses it and a retrained SFT model gets new labels.
 
-    python -m lit_rlhf.data.arithmetic_labels runs/arithmetic/sft/hf     # label now, print the cache path
+    lit-rlhf label --policy runs/arithmetic/sft/hf     # label now, print the cache path
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import json
@@ -233,17 +232,121 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     return ", ".join(f"{split}/{kind}: {n}" for (split, kind), n in sorted(counts.items()))
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("policy", help="SFT export folder, e.g. runs/arithmetic/sft/hf")
-    parser.add_argument("--cache-dir", default="runs/arithmetic/labelled_pairs")
+LABEL_COMMAND_DESCRIPTION = """lit-rlhf label: label the arithmetic reward model's preference pairs ahead of training.
+
+The policy (the SFT export) answers each training and held-out prompt several times; the task's verifier ranks the
+distinct answers and pairs them (each right answer over each wrong one). The pairs go to a jsonl cache named by a
+digest of the policy's weights and of every setting below, where the reward config's data module finds them: with the
+defaults, `lit-rlhf fit --config configs/arithmetic/reward.yaml` reuses what this command labelled. Prints the cache
+file and the number of pairs per split and pair type.
+
+    lit-rlhf label --policy runs/arithmetic/sft/hf
+    lit-rlhf label --policy runs/arithmetic/sft/hf --num_label_prompts 16384
+"""
+
+
+def build_parser(prog: str = "lit-rlhf label") -> Any:
+    """The options of ``lit-rlhf label``; their names are the data keys of ``configs/arithmetic/reward.yaml``."""
+    from lit_rlhf.cli import CommandParser, add_policy_option
+
     defaults = LabelSettings()
-    for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = parser.parse_args(argv)
-    settings = LabelSettings(**{name: getattr(args, name) for name in asdict(defaults)})
+    parser = CommandParser(prog, LABEL_COMMAND_DESCRIPTION)
+    add_policy_option(
+        parser,
+        "the policy whose answers are labelled: the SFT export, e.g. runs/arithmetic/sft/hf (the data key "
+        "labeller_policy)",
+        positional_alias=True,
+    )
+    parser.add_option(
+        "--pairs_cache_dir",
+        "--cache-dir",
+        default="runs/arithmetic/labelled_pairs",
+        metavar="DIR",
+        help="folder of the labelled-pair cache, relative to the current directory (default: %(default)s)",
+    )
+    parser.add_option(
+        "--samples_per_prompt",
+        "--samples-per-prompt",
+        type=int,
+        default=defaults.samples_per_prompt,
+        metavar="N",
+        help="answers sampled from the policy per prompt (default: %(default)s)",
+    )
+    parser.add_option(
+        "--label_temperature",
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        metavar="T",
+        help="sampling temperature; 1.0 samples the policy's own distribution (default: %(default)s)",
+    )
+    parser.add_option(
+        "--max_new_tokens",
+        "--max-new-tokens",
+        type=int,
+        default=defaults.max_new_tokens,
+        metavar="N",
+        help="longest sampled answer, in tokens; the data module always uses 20, so another value makes a cache "
+        "that training does not read (default: %(default)s)",
+    )
+    parser.add_option(
+        "--reference_fraction",
+        "--reference-fraction",
+        type=float,
+        default=defaults.reference_fraction,
+        metavar="FRACTION",
+        help="share of prompts whose reference answer joins the sampled ones, 0 to 1 (default: %(default)s)",
+    )
+    parser.add_option(
+        "--num_label_prompts",
+        "--num-train-prompts",
+        type=int,
+        default=defaults.num_train_prompts,
+        metavar="N",
+        help="training prompts labelled, the first N of the seeded training order (default: %(default)s)",
+    )
+    parser.add_option(
+        "--num_val",
+        "--num-val",
+        type=int,
+        default=defaults.num_val,
+        metavar="N",
+        help="held-out prompts, all of them labelled for validation (default: %(default)s)",
+    )
+    parser.add_option(
+        "--data_seed",
+        type=int,
+        default=defaults.seed,
+        metavar="SEED",
+        help="the data module's seed: fixes the split, the sampling and which prompts get the reference answer "
+        "(default: %(default)s)",
+    )
+    parser.add_option(
+        "--pair_selection",
+        "--pair-selection",
+        choices=PAIR_SELECTIONS,
+        default=defaults.pair_selection,
+        help="correct_vs_wrong: each right answer over each wrong one; all_ranked: also a wrong answer over a worse "
+        "one, by partial credit (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "lit-rlhf label") -> str:
+    """``lit-rlhf label``: label (or find in the cache) the pairs of ``--policy``; returns the cache file."""
+    args = build_parser(prog).parse_args(argv)
+    settings = LabelSettings(
+        samples_per_prompt=args.samples_per_prompt,
+        temperature=args.label_temperature,
+        max_new_tokens=args.max_new_tokens,
+        reference_fraction=args.reference_fraction,
+        num_train_prompts=args.num_label_prompts,
+        num_val=args.num_val,
+        seed=args.data_seed,
+        pair_selection=args.pair_selection,
+    )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows, path = load_or_label(args.policy, settings, args.cache_dir)
+    rows, path = load_or_label(args.policy, settings, args.pairs_cache_dir)
     print(f"{path}: {len(rows)} pairs ({summarize(rows)})")
     return path
 

@@ -147,7 +147,7 @@ def check_local_path(name_or_path: str) -> None:
     if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
         raise ModelLoadError(
             f"{name_or_path}: no such model folder (if it is the export of an earlier stage, run that stage first, "
-            "e.g. python train.py fit --config configs/arithmetic/sft.yaml)"
+            "e.g. lit-rlhf fit --config configs/arithmetic/sft.yaml)"
         )
 
 

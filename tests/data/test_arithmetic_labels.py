@@ -108,3 +108,19 @@ def test_labelled_pairs_need_a_policy_and_a_trained_one(tmp_path):
         data.prepare_data()
     with pytest.raises(ValueError, match="unknown synthetic_kinds"):
         ArithmeticDataModule(format="preference", synthetic_kinds=["reversed"])
+
+
+def test_the_label_command_fills_the_cache_the_data_module_reads(sft_dir, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    options = ["--samples_per_prompt", "2", "--num_label_prompts", "8", "--num_val", "4"]
+    options += ["--reference_fraction", "1.0", "--max_new_tokens", "6"]
+    path = arithmetic_labels.main(["--policy", sft_dir, "--pairs_cache_dir", cache, *options])
+    assert path == cache_path(cache, sft_dir, SMALL) and os.path.isfile(path)
+    assert f"{path}: " in capsys.readouterr().out
+    # The older spelling (a bare policy path, kebab-case options) names the same settings, so the same cache file.
+    old = [sft_dir, "--cache-dir", cache, "--samples-per-prompt", "2", "--num-train-prompts", "8", "--num-val", "4"]
+    old += ["--reference-fraction", "1.0", "--max-new-tokens", "6"]
+    assert arithmetic_labels.main(old) == path
+    with pytest.raises(SystemExit):
+        arithmetic_labels.main(["--policy", sft_dir, "--seed", "1"])  # the data seed is --data_seed
+    assert "use --data_seed" in capsys.readouterr().err

@@ -10,13 +10,12 @@ from lit_rlhf.data.rows import DataError
 from lit_rlhf.models import build_word_tokenizer
 from lit_rlhf.models.scoring import load_reward_model
 from lit_rlhf.models.tiny import build_tiny_llama
-from lit_rlhf.winrate import main, read_prompts
+from lit_rlhf.winrate import main, parse_args, read_prompts
 from tests.conftest import FIXTURES, TINY_MODEL_CONFIG
 from tests.evaluation.toy_judges import save_constant_lm
 from tests.rewards.test_judge import save_constant_judge
 
 PROMPTS_FILE = os.path.join(FIXTURES, "winrate", "prompts.jsonl")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def models(tmp_path_factory):
 def test_the_command_on_a_prompts_file_with_an_llm_judge_prints_a_table_and_writes_json(models, tmp_path, capsys):
     out = tmp_path / "results" / "winrate.json"
     args = ["--policy", models["long"], "--reference", models["short"], "--prompts", PROMPTS_FILE]
-    args += ["--judge-llm", models["judge_b"], "--num-prompts", "4", "--max-new-tokens", "4", "--batch-size", "3"]
+    args += ["--judge_llm", models["judge_b"], "--num_prompts", "4", "--max_new_tokens", "4", "--batch_size", "3"]
     result = main(args + ["--out", str(out), "--device", "cpu"])
     printed = capsys.readouterr().out
     assert "| win rate | 0.500 |" in printed and "| wins / ties / losses | 0 / 4 / 0 |" in printed
@@ -82,11 +81,12 @@ def test_the_command_on_arithmetic_prompts_with_a_reward_model_judge(tmp_path):
     load_reward_model("tiny-arithmetic", tokenizer, config_overrides=TINY_MODEL_CONFIG).save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     out = tmp_path / "winrate.json"
-    command = [sys.executable, "-m", "lit_rlhf.winrate", "--policy", str(tmp_path / "policy")]
-    command += ["--reference", str(tmp_path / "reference"), "--prompts", "arithmetic", "--num-prompts", "6"]
-    command += ["--judge-reward-model", str(tmp_path / "rm"), "--max-new-tokens", "6", "--ci-method", "normal"]
-    command += ["--out", str(out), "--device", "cpu", "--attn-implementation", "eager"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [sys.executable, "-m", "lit_rlhf", "winrate", "--policy", str(tmp_path / "policy")]
+    command += ["--reference", str(tmp_path / "reference"), "--prompts", "arithmetic", "--num_prompts", "6"]
+    command += ["--judge_reward_model", str(tmp_path / "rm"), "--max_new_tokens", "6", "--ci_method", "normal"]
+    command += ["--out", str(out), "--device", "cpu", "--attn_implementation", "eager"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "on 6 prompts (arithmetic), judge: reward model" in done.stdout and "| win rate |" in done.stdout
     record = json.loads(out.read_text())
@@ -96,19 +96,23 @@ def test_the_command_on_arithmetic_prompts_with_a_reward_model_judge(tmp_path):
 
 
 def test_the_judge_options_exclude_each_other(capsys):
+    base = ["--policy", "p", "--reference", "r", "--prompts", "arithmetic"]
     with pytest.raises(SystemExit):
-        main(
-            [
-                "--policy",
-                "p",
-                "--reference",
-                "r",
-                "--prompts",
-                "arithmetic",
-                "--judge-llm",
-                "a",
-                "--judge-reward-model",
-                "b",
-            ]
-        )
+        main(base + ["--judge_llm", "a", "--judge_reward_model", "b"])
     assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base)
+    assert "one of the arguments --judge_reward_model --judge_llm is required" in capsys.readouterr().err
+
+
+def test_the_data_seed_and_the_bootstrap_seed_have_their_own_names(capsys):
+    base = ["--policy", "p", "--reference", "r", "--prompts", "arithmetic", "--judge_llm", "j", "--device", "cpu"]
+    args = parse_args(base + ["--data_seed", "7", "--bootstrap_seed", "3", "--use_chat_template", "false"])
+    assert (args.data_seed, args.bootstrap_seed) == (7, 3)
+    assert (args.use_chat_template, args.judge_chat_template) == (False, None)  # None: auto
+    # The older spellings still parse; a bare --seed, which named one or the other, is refused with both names.
+    old = parse_args(base + ["--arithmetic-seed", "8", "--judge-chat-template", "--system-prompt", "s"])
+    assert (old.data_seed, old.judge_chat_template, old.judge_system_prompt) == (8, True, "s")
+    with pytest.raises(SystemExit):
+        parse_args(base + ["--seed", "3"])
+    assert "--seed is ambiguous: use --data_seed" in capsys.readouterr().err
