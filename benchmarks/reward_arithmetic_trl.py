@@ -1,11 +1,12 @@
 """Reward modelling side by side on the arithmetic task: TRL's ``RewardTrainer`` (``trl==1.16``) against lit_rlhf's
 ``RewardModule`` (``configs/arithmetic/reward.yaml``), both from the SFT export, on the same preference pairs.
 
-Setup, once: TRL's virtualenv as for ``benchmarks/sft_arithmetic_trl.py`` (default ``/work/trl116-venv``):
+Setup, once, from the repository root: TRL's virtualenv as for ``benchmarks/sft_arithmetic_trl.py``, beside the
+repository (``../trl116-venv``, or ``--trl-python``):
 
-    python3 -m venv /work/trl116-venv
-    /work/trl116-venv/bin/pip install torch==2.13.0
-    /work/trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate
+    python3 -m venv ../trl116-venv
+    ../trl116-venv/bin/pip install torch==2.13.0
+    ../trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate
 
 Run with the repository's ``.venv`` (needs ``runs/arithmetic/sft/hf``):
 
@@ -59,10 +60,10 @@ from benchmarks.common import (  # noqa: E402
 )
 
 WORKER = os.path.join(ROOT, "benchmarks", "_trl_reward_worker.py")
-DEFAULT_TRL_PYTHON = "/work/trl116-venv/bin/python"
+DEFAULT_TRL_PYTHON = os.path.join(os.path.dirname(ROOT), "trl116-venv", "bin", "python")
 SETUP = (
-    "python3 -m venv /work/trl116-venv && /work/trl116-venv/bin/pip install torch==2.13.0 && "
-    '/work/trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate'
+    "python3 -m venv ../trl116-venv && ../trl116-venv/bin/pip install torch==2.13.0 && "
+    '../trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate'
 )
 PAIR_TYPES = ("exact_vs_wrong", "synthetic", "near_miss")
 
@@ -222,7 +223,11 @@ def markdown(rows_by_system: dict[str, list[dict]], heldout: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON, help="python of the TRL venv")
+    parser.add_argument(
+        "--trl-python",
+        default=DEFAULT_TRL_PYTHON,
+        help="python of the TRL venv (default: ../trl116-venv/bin/python beside the repository; see the setup)",
+    )
     parser.add_argument("--lit-config", default="configs/arithmetic/reward.yaml", help="lit_rlhf reward config")
     parser.add_argument("--policy", default="runs/arithmetic/sft/hf", help="SFT export: start of both reward models")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's max_steps)")
@@ -245,7 +250,7 @@ def main() -> None:
     if not os.path.isdir(args.policy):
         sys.exit(f"{args.policy} is missing: run the SFT stage first (see the README)")
     if not args.skip_trl and not os.path.isfile(args.trl_python):
-        sys.exit(f"{args.trl_python} not found; set up TRL's venv:\n  {SETUP}")
+        sys.exit(f"{args.trl_python} not found; set up TRL's venv from the repository root:\n  {SETUP}")
 
     config = read_config(args.lit_config)
     model_args, data_args = config["model"]["init_args"], config["data"]["init_args"]

@@ -1,13 +1,14 @@
 """SFT side by side on the arithmetic task: TRL's ``SFTTrainer`` (``trl==1.16``) against lit_rlhf's ``SFTModule``
 (``configs/arithmetic/sft.yaml``), from the same freshly initialised tiny Llama, on the same rows and settings.
 
-Setup, once: TRL gets its own virtualenv (default ``/work/trl116-venv``, or ``--trl-python``), so it never touches
-``.venv``. Pin torch first (an unpinned torch pulls several GB of CUDA packages; on a CPU machine without the local
-CPU wheel add ``--index-url https://download.pytorch.org/whl/cpu`` to the first install, see the README):
+Setup, once, from the repository root: TRL gets its own virtualenv beside the repository (``../trl116-venv``, or
+``--trl-python``), so it never touches ``.venv``. Pin torch first (an unpinned torch pulls several GB of CUDA
+packages; on a CPU machine without the local CPU wheel add ``--index-url https://download.pytorch.org/whl/cpu`` to the
+first install, see the README):
 
-    python3 -m venv /work/trl116-venv
-    /work/trl116-venv/bin/pip install torch==2.13.0
-    /work/trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate
+    python3 -m venv ../trl116-venv
+    ../trl116-venv/bin/pip install torch==2.13.0
+    ../trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate
 
 Run with the repository's ``.venv``:
 
@@ -59,10 +60,10 @@ from benchmarks.common import (  # noqa: E402
 )
 
 WORKER = os.path.join(ROOT, "benchmarks", "_trl_sft_worker.py")
-DEFAULT_TRL_PYTHON = "/work/trl116-venv/bin/python"
+DEFAULT_TRL_PYTHON = os.path.join(os.path.dirname(ROOT), "trl116-venv", "bin", "python")
 SETUP = (
-    "python3 -m venv /work/trl116-venv && /work/trl116-venv/bin/pip install torch==2.13.0 && "
-    '/work/trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate'
+    "python3 -m venv ../trl116-venv && ../trl116-venv/bin/pip install torch==2.13.0 && "
+    '../trl116-venv/bin/pip install torch==2.13.0 "trl==1.16.*" transformers==5.23.0 datasets accelerate'
 )
 
 DIFFERENCES = """\
@@ -233,7 +234,11 @@ def markdown(rows_by_system: dict[str, list[dict]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON, help="python of the TRL venv")
+    parser.add_argument(
+        "--trl-python",
+        default=DEFAULT_TRL_PYTHON,
+        help="python of the TRL venv (default: ../trl116-venv/bin/python beside the repository; see the setup)",
+    )
     parser.add_argument("--lit-config", default="configs/arithmetic/sft.yaml", help="lit_rlhf SFT config")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's max_steps)")
     parser.add_argument("--runs", type=int, default=3, help="runs per system (medians are reported)")
@@ -251,7 +256,7 @@ def main() -> None:
 
     use_threads(args.threads)
     if not args.skip_trl and not os.path.isfile(args.trl_python):
-        sys.exit(f"{args.trl_python} not found; set up TRL's venv:\n  {SETUP}")
+        sys.exit(f"{args.trl_python} not found; set up TRL's venv from the repository root:\n  {SETUP}")
 
     config = read_config(args.lit_config)
     model_args, data_args = config["model"]["init_args"], config["data"]["init_args"]

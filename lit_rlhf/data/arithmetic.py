@@ -1,4 +1,4 @@
-"""The embedded arithmetic-series DataModule (seed 004): generated in memory, no download."""
+"""The arithmetic-series task as a DataModule: generated in memory, no download."""
 
 from __future__ import annotations
 

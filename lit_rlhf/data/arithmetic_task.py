@@ -1,8 +1,8 @@
-"""The embedded arithmetic-series task of seed 004: prompts, reference answers and the verifier.
+"""The arithmetic-series task (embedded, generated in memory): prompts, reference answers and the verifier.
 
 A problem is ``(start, difference, num_terms)``; the answer lists the terms ``start + i * difference`` for
-``i < num_terms``, stopping before the first term above :data:`MAX_VALUE`. The prompt is one of three templates
-(seed 004's wording), e.g. ``"make a series of arithmetic type which starts at 61 with 11 elements and 8 common
+``i < num_terms``, stopping before the first term above :data:`MAX_VALUE`. The prompt is one of three fixed
+English templates, e.g. ``"make a series of arithmetic type which starts at 61 with 11 elements and 8 common
 difference value"`` with answer ``"61 69 77 85 93"``.
 """
 
@@ -59,7 +59,7 @@ class ArithmeticProblem:
 
 
 def arithmetic_series(start: int, difference: int, num_terms: int, max_value: int = MAX_VALUE) -> list[int]:
-    """Terms of the series, stopping before the first one above ``max_value`` (seed 004's rule)."""
+    """Terms of the series, stopping before the first one above ``max_value``."""
     terms = []
     for i in range(num_terms):
         value = start + i * difference

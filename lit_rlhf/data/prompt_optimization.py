@@ -1,5 +1,5 @@
-"""Seed 000's prompt-optimisation data: multiple-choice questions a frozen judge answers under a system prompt that
-the policy writes from one fixed instruction."""
+"""Multiple-choice QA prompt optimisation with a frozen judge LLM: multiple-choice questions a frozen judge answers
+under a system prompt that the policy writes from one fixed instruction."""
 
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ DEFAULT_INSTRUCTION = (
     "- Do not use Markdown.\n"
     "- Output only the prompt, with no other explanation."
 )
-"""Seed 000's policy instruction (its Korean system and user messages) in English."""
+"""The policy's default instruction: write a neutral, logical one-sentence system prompt for judging a question and
+its choices."""
 
-SEED_SYSTEM_PROMPT = (
+POLICY_SYSTEM_PROMPT = (
     "You are an expert at writing system prompts that lead an LLM to judge the given question and choices "
     "neutrally and logically, without emotion."
 )
-"""Seed 000's system message to the policy, in English (pass it as ``system_prompt`` to reproduce the seed)."""
+"""A system message for the policy, the one ``configs/prompt_optimization/ppo.yaml`` passes as ``system_prompt`` (the
+DataModule's default is none)."""
 
 
 def parse_choices(value: Any, where: str) -> list[str]:
@@ -64,12 +66,12 @@ def parse_choices(value: Any, where: str) -> list[str]:
 
 
 class PromptOptimizationDataModule(MappedRowsDataModule):
-    """Multiple-choice rows for training a policy to write a judge's system prompt (seed 000), for PPO or GRPO.
+    """Multiple-choice rows for training a policy to write a judge's system prompt, for PPO or GRPO.
 
     The source (a CSV, or jsonl/json/parquet or a ``datasets`` name) has the columns ``context``, ``question``,
     ``choices`` (a Python list literal such as ``['The grandfather', 'The grandson', 'Cannot be determined']``, or a
-    list in JSON rows) and ``answer`` (one of the choices). A CSV saved with a byte-order mark (Excel's "CSV UTF-8",
-    which seed 000 read with ``utf-8-sig``) is read as well.
+    list in JSON rows) and ``answer`` (one of the choices). A CSV saved with a byte-order mark (Excel's "CSV UTF-8")
+    is read as well.
 
     Every row's prompt is the same fixed ``instruction`` (wrapped in the policy tokenizer's chat template when it
     has one, after the optional ``system_prompt``); the row keeps ``context``, ``question``, ``choices`` (a list)
@@ -86,7 +88,7 @@ class PromptOptimizationDataModule(MappedRowsDataModule):
 
     Args:
         format: only ``prompt`` (PPO, GRPO).
-        instruction: the policy's prompt (default: seed 000's instruction in English, :data:`DEFAULT_INSTRUCTION`).
+        instruction: the policy's prompt (default: :data:`DEFAULT_INSTRUCTION`).
         train: the file or ``datasets`` name with the rows (required).
         **kwargs: the rest of :class:`~lit_rlhf.data.mapped.MappedRowsDataModule` (``val``, ``val_fraction``,
             ``max_train_rows``, ``max_length``, ``max_prompt_length``, ``use_chat_template``, ``system_prompt``,

@@ -1,4 +1,4 @@
-"""smoltldr (seed 003): Reddit posts with a short human TL;DR, for PPO/GRPO prompts or SFT."""
+"""smoltldr (``mlabonne/smoltldr``): Reddit posts with a short human TL;DR, for PPO/GRPO prompts or SFT."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ _DEFAULT_SOURCE = {"train": SMOLTLDR, "val": SMOLTLDR, "train_split": "train", "
 
 
 class SmolTLDRDataModule(MappedRowsDataModule):
-    """``mlabonne/smoltldr``, the data set of seed 003 (GRPO with length and format rewards), or files in its schema.
+    """``mlabonne/smoltldr`` (GRPO with length and format rewards), or files in its schema.
 
     Each source row has a ``prompt`` (a Reddit post) and a ``completion`` (its human-written TL;DR), both text; any
     other column is kept. Rows become:
@@ -60,7 +60,7 @@ class SmolTLDRDataModule(MappedRowsDataModule):
         overlong: ``truncate`` (keeps the *end* of a long prompt, cuts a long response), ``drop`` or ``error``;
             counts are logged.
         use_chat_template: wrap prompts in the tokenizer's chat template; ``null`` = when it has one.
-        system_prompt: the instruction (see above); ``null`` = none, the bare post as in seed 003.
+        system_prompt: the instruction (see above); ``null`` = none, the bare post.
         batch_size, eval_batch_size, num_workers, seed, group_by_length, length_group_batches, data_dir: see
             :class:`~lit_rlhf.data.mapped.MappedRowsDataModule` (passed on as keyword arguments).
     """

@@ -34,7 +34,7 @@ DEFAULT_PAIRWISE_TEMPLATE = (
     "Reply with exactly one letter, A or B, and nothing else.\n"
     "Better response:"
 )
-"""The judge's prompt (seed 002's A/B prompt, for any task); placeholders ``{prompt}``, ``{response_a}``,
+"""The judge's prompt (a task-neutral A/B comparison); placeholders ``{prompt}``, ``{response_a}``,
 ``{response_b}``."""
 
 _PLACEHOLDERS = ("prompt", "response_a", "response_b")

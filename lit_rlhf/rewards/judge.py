@@ -1,5 +1,6 @@
 """A frozen LLM judge as a reward source: the completion is the judge's system prompt, the judge answers a
-multiple-choice question under it, and the reward says whether it picked the right choice (seed 000)."""
+multiple-choice question under it, and the reward says whether it picked the right choice (multiple-choice QA
+prompt optimisation)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ DEFAULT_TEMPLATE = (
     "Give your final answer as only one of {choice_numbers}, without explanation.\n"
     "Final answer:"
 )
-"""The user message of the judge: seed 000's Korean prompt in English (placeholders: see :class:`LLMJudgeReward`)."""
+"""The user message of the judge: the row's context, question and numbered choices, then the answer cue
+(placeholders: see :class:`LLMJudgeReward`)."""
 
 _WHOLE_NUMBER = re.compile(r"(?<!\d)\d+(?!\d)")
 _EDGE_PUNCTUATION = " \t\n.,:;!?\"'`()[]{}<>*"
@@ -48,7 +50,7 @@ def parse_choice(text: str, choices: Sequence[str]) -> int | None:
        are numbers themselves (``["10", "12", "14"]``) are read as text, not as choice numbers.
     2. The first *whole* number in the answer between 1 and ``len(choices)`` is a choice number: ``"2"``,
        ``"Answer: 3."``, ``"정답은 2번입니다"``, ``"２"`` (full-width). Digits are read as whole numbers, so ``"12"``
-       with 3 choices is not choice 1 (seed 000 read only the first digit and took it as 1); out-of-range numbers
+       with 3 choices is not choice 1 (as reading only the first digit would have it); out-of-range numbers
        are skipped.
     3. Otherwise the choice whose text occurs earliest in the answer (the longest one if several start there), e.g.
        ``"the answer is Paris"``. Containment, not word matching, so that Korean particles (``"서울이다"``) still
@@ -95,9 +97,10 @@ class _AnyField(dict):
 class LLMJudgeReward(RewardSource):
     """A frozen causal LM judges multiple-choice questions with the completion as its system prompt.
 
-    Seed 000's setting: the policy writes a one-sentence system prompt; the judge answers each row's question under
-    it, greedily; the reward is ``correct_reward`` when the judge picks the row's ``answer``, ``wrong_reward`` when
-    it picks another choice, and ``unparsed_reward`` when its answer names no choice (see :func:`parse_choice`).
+    Multiple-choice QA prompt optimisation: the policy writes a one-sentence system prompt; the judge answers each
+    row's question under it, greedily; the reward is ``correct_reward`` when the judge picks the row's ``answer``,
+    ``wrong_reward`` when it picks another choice, and ``unparsed_reward`` when its answer names no choice (see
+    :func:`parse_choice`).
 
     .. code-block:: yaml
 
@@ -130,7 +133,7 @@ class LLMJudgeReward(RewardSource):
         use_chat_template: wrap the messages (system = ``system_template``, user = ``template``) in the judge
             tokenizer's chat template; ``None`` = when it has one and no ``raw_template`` is given.
         raw_template: without a chat template, the whole prompt as one string (e.g. a model's own chat format
-            written by hand, as seed 000 did for Llama 3); ``None`` = ``system_template``, a blank line, then
+            written by hand, such as Llama 3's header tokens); ``None`` = ``system_template``, a blank line, then
             ``template``. A raw prompt that starts with the tokenizer's BOS token gets no second one.
         correct_reward: reward when the judge picks the row's answer.
         wrong_reward: reward when it picks another choice.
@@ -140,8 +143,8 @@ class LLMJudgeReward(RewardSource):
         max_prompt_length: judge prompt tokens kept (longer prompts keep their end: the question and the answer cue
             survive, the start of the system prompt is cut, and ``judge/truncated_rate`` counts them); ``None`` =
             the judge's context minus ``max_new_tokens``.
-        repetition_penalty: written to the judge's generation config (seed 000 used 1.2); 1.0 = plain greedy,
-            whatever the checkpoint's ``generation_config.json`` says.
+        repetition_penalty: written to the judge's generation config (e.g. 1.2 against repeated answers); 1.0 =
+            plain greedy, whatever the checkpoint's ``generation_config.json`` says.
         dtype: ``float32``, ``bfloat16`` or ``float16`` judge weights; ``None`` = float32.
         trust_remote_code: passed to ``from_pretrained``.
         attn_implementation: attention kernel (``eager``, ``sdpa``, ``flash_attention_2``, ...); ``None`` lets

@@ -1,4 +1,8 @@
-"""Rule-based reward sources of the completion text (seed 003): length, format, answer match, and their weighted sum.
+"""Rule-based reward sources of the completion text: length, format, answer match, and their weighted sum.
+
+The length and format sources are the rewards of smoltldr GRPO (``mlabonne/smoltldr``: a TL;DR of about 50
+characters inside a ``<think>...</think><answer>...</answer>`` format); the answer match scores
+rows that carry a reference answer.
 
 Each is a :class:`~lit_rlhf.rewards.base.RewardSource` picked from YAML by ``class_path``, e.g.
 
@@ -28,8 +32,8 @@ from lit_rlhf.rewards.base import RewardError, RewardSource
 LengthUnit = Literal["characters", "words", "tokens"]
 
 THINK_ANSWER_PATTERN = r"<think>.*?</think>\s*<answer>.*?</answer>"
-"""The DeepSeek-R1 style format of seed 003: a ``<think>`` block, then an ``<answer>`` block (and nothing else when
-matched in full)."""
+"""The DeepSeek-R1 style think-then-answer format: a ``<think>`` block, then an ``<answer>`` block (and nothing else
+when matched in full)."""
 
 _NUMBER = re.compile(
     r"(?<![\w.])[-+\u2212]?"  # a sign only where it cannot be a hyphen or a minus between two operands ("5-3")
@@ -79,9 +83,10 @@ def parse_last_number(text: str) -> float | None:
 
 
 class LengthReward(RewardSource):
-    """``-scale * |ideal_length - length(completion)|``: 0 at the ideal length, lower the further away (seed 003).
+    """``-scale * |ideal_length - length(completion)|``: 0 at the ideal length, lower the further away.
 
-    Seed 003's ``reward_len`` is this source with ``unit: characters``, ``scale: 1`` and no ``extract``.
+    The plain character-count reward of smoltldr GRPO examples, ``-abs(50 - len(completion))``, is this source with
+    ``ideal_length: 50``, ``unit: characters``, ``scale: 1`` and no ``extract``.
 
     Units:
 
@@ -171,9 +176,9 @@ class LengthReward(RewardSource):
 class RegexFormatReward(RewardSource):
     """``match_reward`` when the completion follows a format given as a regular expression, else ``miss_reward``.
 
-    The default pattern is seed 003's think-then-answer format, matched against the whole (stripped) completion:
-    ``<think>...</think>`` then, after optional whitespace, ``<answer>...</answer>``, with newlines allowed inside
-    (``DOTALL``) and nothing before or after.
+    The default pattern is the think-then-answer format of :data:`THINK_ANSWER_PATTERN`, matched against the whole
+    (stripped) completion: ``<think>...</think>`` then, after optional whitespace, ``<answer>...</answer>``, with
+    newlines allowed inside (``DOTALL``) and nothing before or after.
 
     Args:
         pattern: the regular expression.
