@@ -48,6 +48,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_ce
     return "\n".join(lines)
 
 
+def scalar_step(trainer: Any) -> int:
+    """The step at which Lightning writes the scalars logged now (``self.log`` in a hook): a table logged at it sits
+    beside its validation's figures in every logger (during ``fit`` that is the number of finished training batches,
+    which is one less than ``trainer.global_step`` while a validation runs inside the last batch)."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def log_table(
     loggers: Sequence[Any],
     tag: str,

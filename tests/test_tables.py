@@ -190,16 +190,18 @@ def test_sft_fit_sends_its_samples_to_every_logger(tmp_path, offline):
     trainer.fit(module, data)
 
     columns = ["prompt", "generated", "reference", "exact_match", "graded_score"]
-    _, texts = read_events(tb.log_dir)
+    scalars, texts = read_events(tb.log_dir)
     assert len(texts["samples/val/text_summary"]) == 2
+    # Each table sits at the step of its validation's scalars (validations after steps 2 and 4: logged at 1 and 3).
+    assert [s for s, _ in scalars["val/exact_match"]] == [1, 3]
     header = "| prompt | generated | reference | exact_match | graded_score |"
     assert all(t.startswith(header) for t in texts["samples/val/text_summary"])
     tables = wandb_tables(wb, "samples/val")
     assert [t["columns"] for t in tables] == [columns] * 2 and all(len(t["data"]) == 3 for t in tables)
     table = mlflow_table(mlf, "samples/val")
-    assert table["step"].tolist() == [2] * 3 + [4] * 3 and list(table.columns) == ["step", *columns]
+    assert table["step"].tolist() == [1] * 3 + [3] * 3 and list(table.columns) == ["step", *columns]
     rows = read_jsonl(os.path.join(trainer.log_dir, SAMPLES_FILE))
-    assert [(r["tag"], r["step"]) for r in rows] == [("samples/val", 2)] * 3 + [("samples/val", 4)] * 3
+    assert [(r["tag"], r["step"]) for r in rows] == [("samples/val", 1)] * 3 + [("samples/val", 3)] * 3
     assert rows[0]["prompt"] == data.val_dataset[0]["row"]["prompt"] and rows[0]["exact_match"] in (0.0, 1.0)
     assert [r[c] for r in rows[3:] for c in columns] == [v for t in tables[1:] for row in t["data"] for v in row]
     assert os.path.isfile(os.path.join(csv.log_dir, "metrics.csv"))  # CSV logs the scalars, no table
@@ -222,7 +224,7 @@ def test_loggers_added_on_the_command_line_beside_the_configs_tensorboard(tmp_pa
     tb, wb, mlf = cli.trainer.loggers
     assert isinstance(tb, TensorBoardLogger) and cli.trainer.log_dir == run_dir  # the run folder stays the config's
     assert os.path.isfile(os.path.join(run_dir, "hf", "model.safetensors"))
-    assert {r["step"] for r in read_jsonl(os.path.join(run_dir, SAMPLES_FILE), "samples/val")} == {3}
+    assert {r["step"] for r in read_jsonl(os.path.join(run_dir, SAMPLES_FILE), "samples/val")} == {2}
     assert wb.experiment.dir.startswith(os.path.join(run_dir, "wandb"))
     assert len(wandb_tables(wb, "samples/val")) == 1
-    assert set(mlflow_table(mlf, "samples/val")["step"]) == {3}
+    assert set(mlflow_table(mlf, "samples/val")["step"]) == {2}

@@ -11,7 +11,7 @@ from lit_rlhf.evaluation.compare import WinRateResult, win_rate
 from lit_rlhf.evaluation.judges import PairwiseJudge
 from lit_rlhf.functional.winrate import CIMethod
 from lit_rlhf.models.loading import load_causal_lm
-from lit_rlhf.tables import log_table
+from lit_rlhf.tables import log_table, scalar_step
 
 
 class WinRateCallback(L.Callback):
@@ -198,7 +198,7 @@ class WinRateCallback(L.Callback):
         ):
             pl_module.log(name, value, rank_zero_only=True)
         if self.num_logged_pairs > 0:
-            step = pl_module.logging_step() if hasattr(pl_module, "logging_step") else trainer.global_step
+            step = scalar_step(trainer)  # beside the val/win_rate scalars
             headline, columns, rows = self.sample_table(result)
             log_table(pl_module.loggers, "samples/win_rate", columns, rows, step, headline=headline)
 

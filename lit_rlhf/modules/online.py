@@ -16,7 +16,7 @@ from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.modules.base import CHECKPOINT_KEY, RLHFModule
 from lit_rlhf.rewards.base import RewardSource
-from lit_rlhf.tables import log_table
+from lit_rlhf.tables import log_table, scalar_step
 
 _AFTER_STEP_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization and every_n_train_steps"
 
@@ -279,7 +279,7 @@ class OnlineRLModule(RLHFModule):
             samples = self._samples
             if all(row[-1] is None for row in samples):  # no verifier (e.g. TL;DR, HH): no empty gold column
                 header, samples = header[:-1], [row[:-1] for row in samples]
-            log_table(self.loggers, "samples/val", header, samples, self.iteration)
+            log_table(self.loggers, "samples/val", header, samples, scalar_step(self.trainer))
         self._samples = []
 
     # -- checkpoint -------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from lit_rlhf.models.scoring import (
     token_scores,
 )
 from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
-from lit_rlhf.tables import log_table
+from lit_rlhf.tables import log_table, scalar_step
 
 
 class RewardModule(RLHFModule):
@@ -223,7 +223,7 @@ class RewardModule(RLHFModule):
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
             header = ("prompt", "chosen", "rejected", "r_chosen", "r_rejected", "pair type")
-            log_table(self.loggers, "samples/val_pairs", header, self._samples, self.global_step)
+            log_table(self.loggers, "samples/val_pairs", header, self._samples, scalar_step(self.trainer))
         self._samples = []
 
     def on_train_end(self) -> None:

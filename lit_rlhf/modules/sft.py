@@ -22,7 +22,7 @@ from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
 from lit_rlhf.rollout import packed_logits_at, takes_logits_to_keep
-from lit_rlhf.tables import log_table
+from lit_rlhf.tables import log_table, scalar_step
 
 
 class SFTModule(RLHFModule):
@@ -211,5 +211,5 @@ class SFTModule(RLHFModule):
                 self.log(f"val/{name}", metric.compute(), prog_bar=name == "exact_match")
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
-            log_table(self.loggers, "samples/val", self._sample_columns, self._samples, self.global_step)
+            log_table(self.loggers, "samples/val", self._sample_columns, self._samples, scalar_step(self.trainer))
         self._samples = []
