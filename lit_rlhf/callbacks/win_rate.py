@@ -31,7 +31,7 @@ class WinRateCallback(L.Callback):
 
     Logs ``val/win_rate``, ``val/win_rate_ci_low``, ``val/win_rate_ci_high``, ``val/tie_rate`` and
     ``val/abstain_rate`` (see :func:`~lit_rlhf.functional.winrate.win_rate_stats`) with the module's ``log``, so at
-    the same step as its other ``val/`` metrics, and the text table ``samples/win_rate`` (the first
+    the same step as its other ``val/`` metrics, and the sample table ``samples/win_rate`` (the first
     ``num_logged_pairs`` pairs with both verdicts).
 
     - Prompts: the first ``num_prompts`` examples of ``trainer.datamodule.val_dataset``, with the ``prompt_ids`` the

@@ -58,7 +58,8 @@ class OnlineRLModule(RLHFModule):
 
     Validation answers the validation prompts greedily and logs ``val/reward``, ``val/eos_rate``,
     ``val/response_length``, every gold metric the DataModule's ``score_completions`` returns (e.g.
-    ``val/exact_match``) and the ``samples/val`` text table.
+    ``val/exact_match``) and the ``samples/val`` sample table (every logger and ``samples.jsonl``:
+    :mod:`lit_rlhf.tables`).
     """
 
     reward: RewardSource

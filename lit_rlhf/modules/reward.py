@@ -33,7 +33,7 @@ class RewardModule(RLHFModule):
 
     Logs ``train/{loss,accuracy,margin,chosen_reward_mean,chosen_reward_std,rejected_reward_mean,
     rejected_reward_std,lr}`` and the same under ``val/`` over the whole validation set, ``val/accuracy/<type>``
-    per ``pair_type`` when rows have one (the arithmetic pairs do), and a text table of pairs with both scores.
+    per ``pair_type`` when rows have one (the arithmetic pairs do), and a sample table of pairs with both scores.
     At the end of fit, records the mean and std of its scores on the DataModule's
     :meth:`~lit_rlhf.data.base.RLHFDataModule.normalization_dataloader` responses (the validation responses; for
     labelled arithmetic pairs, the SFT model's own samples) in the export's ``config.reward_normalization``, for

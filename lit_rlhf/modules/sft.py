@@ -30,7 +30,8 @@ class SFTModule(RLHFModule):
 
     Logs ``train/loss`` (progress bar), ``train/perplexity``, ``train/token_accuracy``, ``train/lr``; on validation
     ``val/loss``, ``val/perplexity``, ``val/token_accuracy`` (token-weighted over the whole set), greedy samples as a
-    TensorBoard text table, and, when the DataModule has a verifier, its gold metrics (``val/exact_match``...).
+    sample table (every logger and ``samples.jsonl``: :mod:`lit_rlhf.tables`), and, when the DataModule has a
+    verifier, its gold metrics (``val/exact_match``...).
 
     Args:
         model_name_or_path: ``tiny-arithmetic`` (built-in, no download), a hub name or a ``save_pretrained`` dir.
