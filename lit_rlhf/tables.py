@@ -72,7 +72,7 @@ def log_table(
         columns: the column names, one per cell of each row; ``"tag"`` and ``"step"`` are reserved.
         rows: the table, ``len(rows)`` rows of ``len(columns)`` cells each (str, int, float, bool or None; anything
             else is written as its ``str``).
-        step: the x-axis value: the trainer's global step (SFT, reward model) or the iteration (PPO, GRPO).
+        step: the x-axis value; :func:`scalar_step` puts the table beside its validation's scalars.
         run_dir: the folder of ``samples.jsonl``; ``None``: the run folder of the loggers (:func:`run_folder`),
             and no file when they have none (e.g. no logger at all).
         headline: a line of text above the table, in the text loggers only (TensorBoard).
