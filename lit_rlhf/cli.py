@@ -235,14 +235,5 @@ def add_tristate_option(parser: CommandParser, name: str, old_name: str, help: s
         parser.add_argument(switch, dest=action.dest, action="store_const", const=value, **hidden)
 
 
-def resolve_device(device: str | None) -> str:
-    """``auto`` / ``None``: ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 if __name__ == "__main__":
     main()

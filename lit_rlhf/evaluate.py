@@ -47,10 +47,9 @@ def evaluate_arithmetic(
     """
     import torch
 
-    from lit_rlhf.cli import resolve_device
     from lit_rlhf.data.arithmetic import ArithmeticDataModule
     from lit_rlhf.generation import generate_for_batch
-    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer, resolve_device
 
     start = time.perf_counter()
     device = resolve_device(device)

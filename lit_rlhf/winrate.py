@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lit_rlhf.cli import CommandParser, add_policy_option, add_tristate_option, resolve_device
+from lit_rlhf.cli import CommandParser, add_policy_option, add_tristate_option
 
 if TYPE_CHECKING:
     from lit_rlhf.evaluation.compare import WinRateResult
@@ -274,6 +274,8 @@ def build_parser(prog: str = "lit-rlhf winrate") -> CommandParser:
 
 def parse_args(argv: Sequence[str] | None, prog: str = "lit-rlhf winrate") -> argparse.Namespace:
     """Parse ``lit-rlhf winrate`` options (``device`` resolved: ``auto`` becomes ``cuda`` or ``cpu``)."""
+    from lit_rlhf.models.loading import resolve_device
+
     args = build_parser(prog).parse_args(argv)
     args.device = resolve_device(args.device)
     return args

@@ -154,9 +154,9 @@ def sample_responses(
     Returns:
         For each prompt, its list of response texts.
     """
-    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer, resolve_device
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     tokenizer = load_tokenizer(policy_dir)
     model = load_causal_lm(policy_dir, tokenizer).to(device).eval()
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]

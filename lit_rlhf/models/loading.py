@@ -155,3 +155,10 @@ def _has_tokenizer_files(folder: str) -> bool:
     names = set(os.listdir(folder))
     known = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt"}
     return bool(names & known)
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` / ``None``: ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
