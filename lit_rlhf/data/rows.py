@@ -6,8 +6,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lit_rlhf.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A dataset could not be read or a row is invalid; the message names the dataset, the row and the field."""
 
 

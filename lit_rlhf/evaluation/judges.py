@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 
+from lit_rlhf.errors import UserError
 from lit_rlhf.rewards.judge import LLMJudgeReward
 from lit_rlhf.rewards.reward_model import RewardModelReward
 
@@ -41,7 +42,7 @@ _PLACEHOLDERS = ("prompt", "response_a", "response_b")
 _STANDALONE_AB = re.compile(r"(?<!\w)([AB])(?!\w)")
 
 
-class JudgeError(ValueError):
+class JudgeError(UserError):
     """A judge returned something unusable; the message names the judge and the pair."""
 
 

@@ -13,6 +13,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 
+from lit_rlhf.errors import UserError
 from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
 
 CHECKPOINT_KEY = "lit_rlhf"
@@ -37,7 +38,7 @@ def adamw_flags(implementation: AdamWImplementation | None) -> dict[str, bool]:
     return {"foreach": implementation == "foreach", "fused": implementation == "fused"}
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """``--ckpt_path`` points to a checkpoint this module cannot resume from."""
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from lit_rlhf.errors import UserError
 
-class RewardError(ValueError):
+
+class RewardError(UserError):
     """A reward source returned something unusable; the message names the source and the sample."""
 
 
