@@ -81,10 +81,29 @@ def cli_main(args: list[str] | dict[str, Any] | None = None, run: bool = True, p
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``lit-rlhf`` entry point: run the command in ``argv`` (``None``: ``sys.argv[1:]``).
 
+    An error the user can fix (:class:`~lit_rlhf.errors.UserError`: a bad option value, data row, model folder or
+    checkpoint) is printed as one ``error:`` line, and the process exits with status 2; ``--debug`` anywhere in the
+    arguments (or ``LIT_RLHF_DEBUG=1``) shows its traceback instead. Other exceptions keep their traceback.
+
     Returns ``None`` (the console script exits with ``sys.exit(main())``: 0 on success); :func:`run_command`
-    returns the command's results.
+    returns the command's results and raises every error.
     """
-    run_command(argv)
+    from lit_rlhf.errors import UserError, debug_requested
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or debug_requested()
+    if "--debug" in args:
+        args = [a for a in args if a != "--debug"]
+        if argv is None:  # the Lightning CLI reads sys.argv itself
+            sys.argv = [sys.argv[0], *args]
+    try:
+        run_command(None if argv is None else args)
+    except UserError as err:
+        if debug:
+            raise
+        sys.stderr.write(f"{program_name()}: error: {err}\n")
+        sys.stderr.write("(add --debug or set LIT_RLHF_DEBUG=1 to see where it was raised)\n")
+        raise SystemExit(2) from None
 
 
 def run_command(argv: Sequence[str] | None = None) -> Any:
