@@ -200,7 +200,7 @@ class ArithmeticDataModule(TokenizedRowsDataModule):
     def normalization_dataloader(self) -> Any:
         """With labelled pairs, only the held-out labelled ones (the SFT model's samples and references)."""
         if not self.labelled:
-            return self.val_dataloader()
+            return super().normalization_dataloader()
         sampled = [ex for ex in self.val_dataset if ex["row"]["pair_type"] not in ("synthetic", "near_miss")]
         return self._eval_loader(sampled or self.val_dataset, self._collator(validation=True))
 

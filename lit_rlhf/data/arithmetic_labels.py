@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from lit_rlhf.data.arithmetic_task import ArithmeticProblem, exact_match, graded_score, split_problems
+from lit_rlhf.data.rows import DataError
 from lit_rlhf.generation import responses_in_batches
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,31 @@ def label_pairs(policy_dir: str, settings: LabelSettings) -> list[dict[str, Any]
     return rows
 
 
+def read_cache(path: str) -> list[dict[str, Any]]:
+    """The labelled pairs of a cache file (one JSON object per line).
+
+    Raises:
+        DataError: a line is not a JSON object (a file edited or cut by hand), naming the file and the line.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                row = err.msg
+            if not isinstance(row, dict):
+                what = row if isinstance(row, str) else type(row).__name__
+                raise DataError(
+                    f"{path} row {number}: not a labelled pair ({what}); the cache file is damaged: delete it to "
+                    "label the pairs again"
+                )
+            rows.append(row)
+    return rows
+
+
 def load_or_label(policy_dir: str, settings: LabelSettings, cache_dir: str) -> tuple[list[dict[str, Any]], str]:
     """Labelled pairs of ``policy_dir`` from the cache, labelling them first if the cache has none.
 
@@ -205,8 +231,7 @@ def load_or_label(policy_dir: str, settings: LabelSettings, cache_dir: str) -> t
     """
     path = cache_path(cache_dir, policy_dir, settings)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
+        rows = read_cache(path)
         log.info("reusing %d labelled pairs from %s", len(rows), path)
         return rows, path
     start = time.perf_counter()

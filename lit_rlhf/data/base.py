@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.data.rows import DataError
-from lit_rlhf.data.sampler import ResumableSampler
+from lit_rlhf.data.sampler import EvalShardSampler, ResumableSampler
 
 
 def example_length(example: dict[str, Any]) -> int:
@@ -91,7 +91,8 @@ class RLHFDataModule(L.LightningDataModule):
         """Batches whose responses look like the policy's own, for a reward model's score statistics.
 
         The reward model records the mean and std of its scores on these at the end of fit, and PPO normalises
-        with them. Default: the validation loader; datasets that mix in synthetic responses narrow it.
+        with them. Every process reads all of these rows (they are not sharded). Default: the validation loader;
+        datasets that mix in synthetic responses narrow it.
         """
         return self.val_dataloader()
 
@@ -130,11 +131,31 @@ class RLHFDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _eval_loader(self, dataset: Sequence[Any], collate_fn: Callable) -> DataLoader:
+    def _eval_loader(self, dataset: Sequence[Any], collate_fn: Callable, shard: bool = False) -> DataLoader:
+        """A loader over ``dataset`` in order; with ``shard`` under data parallelism, this process's rows only.
+
+        ``shard`` gives each process its :class:`~lit_rlhf.data.sampler.EvalShardSampler` rows (none repeated, so
+        validation metrics count each row once); without it every process reads every row (e.g. the reward model's
+        normalisation statistics, computed on each process alike).
+
+        Raises:
+            DataError: with ``shard``, fewer rows than processes.
+        """
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        sampler = None
+        if shard and world_size > 1:
+            if len(dataset) < world_size:
+                raise DataError(
+                    f"{type(self).__name__}: the validation split has {len(dataset)} rows for {world_size} processes, "
+                    f"and each process needs at least one; give at least {world_size} validation rows "
+                    "(data.init_args.val, or a larger data.init_args.val_fraction) or run on fewer devices"
+                )
+            sampler = EvalShardSampler(len(dataset), num_replicas=world_size, rank=self.trainer.global_rank)
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            sampler=sampler,
             collate_fn=collate_fn,
             num_workers=self.num_workers,
         )

@@ -66,15 +66,31 @@ def validate_text_rows(rowset: RowSet, fields: Iterable[str], allow_empty: Itera
                 raise DataError(f"{where}: field {field!r} is empty")
 
 
-def rename_columns(rowset: RowSet, mapping: dict[str, str] | None) -> RowSet:
-    """Copy columns to our names: ``mapping`` is ``{our_name: dataset_column}``; other columns are kept."""
+def rename_columns(rowset: RowSet, mapping: dict[str, str] | None, key: str = "data.init_args.columns") -> RowSet:
+    """Copy columns to our names: ``mapping`` is ``{our_name: dataset_column}``; other columns are kept.
+
+    Args:
+        rowset: the rows as read.
+        mapping: ``{our_name: dataset_column}``; ``None`` or empty keeps the rows as they are.
+        key: the option that holds ``mapping``, for messages.
+
+    Raises:
+        DataError: a row lacks a column that ``mapping`` names, e.g. ``"data/train.jsonl row 1:
+        data.init_args.columns maps 'response' to column 'answr', which the row lacks (columns present: answer,
+        question); ..."``.
+    """
     if not mapping:
         return rowset
     renamed = []
-    for row in rowset.rows:
+    for row, number in zip(rowset.rows, rowset.numbers):
         new = dict(row)
         for ours, theirs in mapping.items():
-            if theirs in row:
-                new[ours] = row[theirs]
+            if theirs not in row:
+                present = ", ".join(sorted(map(str, row))) or "none"
+                raise DataError(
+                    f"{rowset.dataset} row {number}: {key} maps {ours!r} to column {theirs!r}, which the row lacks "
+                    f"(columns present: {present}); set {key}.{ours} to one of the columns present"
+                )
+            new[ours] = row[theirs]
         renamed.append(new)
     return RowSet(rowset.dataset, renamed, rowset.numbers)

@@ -1,5 +1,17 @@
 """A shuffling sampler that can resume mid-epoch, so a resumed run sees the data an uninterrupted one would, and can
-group samples of similar length into the same batch so that less of each batch is padding."""
+group samples of similar length into the same batch so that less of each batch is padding; and the validation
+sampler, which shards rows across processes without repeating any.
+
+Under data parallelism with ``N`` rows and ``W`` processes:
+
+- training (:class:`ResumableSampler`, a ``DistributedSampler``): each process reads ``ceil(N / W)`` rows per
+  epoch; when ``W`` does not divide ``N`` the shuffled order is padded by repeating its first rows, so up to
+  ``W - 1`` rows are trained on twice in that epoch. Every process then runs the same number of steps, which the
+  gradient averaging needs.
+- validation (:class:`EvalShardSampler`): process ``r`` reads rows ``r, r + W, r + 2W, ...``, nothing repeated,
+  so each row counts once in the validation metrics; processes differ by at most one row. Every process needs at
+  least one row.
+"""
 
 from __future__ import annotations
 
@@ -104,3 +116,45 @@ class ResumableSampler(DistributedSampler):
             indices = group_by_length(indices, self.lengths, self.batch_size, self.group_batches, generator)
         skip, self._skip = self._skip, 0
         return iter(indices[skip:])
+
+
+def eval_shard(num_samples: int, num_replicas: int, rank: int) -> list[int]:
+    """Rows of process ``rank`` in validation: ``rank, rank + num_replicas, ...`` (none repeated, none left out).
+
+    Args:
+        num_samples: rows of the validation split.
+        num_replicas: number of data-parallel processes.
+        rank: this process's rank.
+
+    Returns:
+        Row indices in order; the shards of all ranks together are ``range(num_samples)``, each index once.
+    """
+    return list(range(rank, num_samples, num_replicas))
+
+
+class EvalShardSampler(DistributedSampler):
+    """Validation rows of one process (:func:`eval_shard`): in order, unshuffled, never padded by repetition.
+
+    A plain ``DistributedSampler`` pads the shards to equal length by repeating rows, which would count those rows
+    twice in the validation metrics. Validation runs no collective per batch (metrics are reduced once at the end of the
+    epoch), so shards may differ by one row; each needs at least one, because the first validation forward of a DDP
+    model can broadcast its buffers to every process.
+
+    Args:
+        num_samples: rows of the validation split (at least ``num_replicas``).
+        num_replicas: number of data-parallel processes.
+        rank: this process's rank.
+    """
+
+    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=False)
+        if num_samples < num_replicas:
+            raise ValueError(f"{num_samples} validation rows cannot give each of {num_replicas} processes one")
+        self.total_size = num_samples
+        self.num_samples = len(eval_shard(num_samples, num_replicas, rank))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(eval_shard(self.total_size, self.num_replicas, self.rank))
+
+    def __len__(self) -> int:
+        return self.num_samples

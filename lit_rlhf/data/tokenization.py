@@ -12,6 +12,17 @@ from lit_rlhf.data.rows import DataError, RowSet
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_CHECK_ROWS = 100
+"""Rows of each split (its first) whose text is checked for the tokenizer's unknown token."""
+
+UNKNOWN_ERROR_SHARE = 0.5
+"""Above this share of unknown tokens in the checked rows, setup stops: the text is not in the tokenizer's
+vocabulary (another model's tokenizer, another language or a broken encoding), and training on it would teach
+nothing."""
+
+UNKNOWN_WARN_SHARE = 0.05
+"""Above this share (and up to :data:`UNKNOWN_ERROR_SHARE`), a warning names the split, the share and a row."""
+
 OverlongPolicy = Literal["truncate", "drop", "error"]
 """What to do with a row that does not fit: ``truncate`` keeps the *end* of an over-long prompt and cuts the
 response at ``max_length`` (it then has no EOS); ``drop`` leaves the row out; ``error`` stops with the row named.
@@ -112,7 +123,12 @@ def fit_to_length(
         else f"prompt + response have {len(prompt_ids) + longest} tokens > max_length {max_length}"
     )
     if overlong == "error":
-        raise DataError(f"{report.dataset} row {row_index}: {what} (set overlong: truncate or drop to continue)")
+        limit = "max_prompt_length" if prompt_long else "max_length"
+        raise DataError(
+            f"{report.dataset} row {row_index}: {what} (overlong is 'error'); raise data.init_args.{limit}, or set "
+            "data.init_args.overlong to truncate (keep the end of the prompt, cut the response) or drop (leave the row "
+            "out)"
+        )
     report.note(row_index)
     if overlong == "drop":
         report.dropped += 1
@@ -135,12 +151,83 @@ def check_lengths(dataset: str, max_length: int, max_prompt_length: int | None) 
     return max_prompt_length
 
 
+def tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The tokenizer's folder or hub name, or its class name when it was built in memory."""
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
+def count_unknown_tokens(
+    rowset: RowSet, tokenizer: PreTrainedTokenizerBase, fields: tuple[str, ...], max_rows: int = UNKNOWN_CHECK_ROWS
+) -> tuple[int, int, tuple[int, str, str] | None]:
+    """Count the tokenizer's unknown token in the text of the first ``max_rows`` rows.
+
+    Each field is tokenized on its own, without special tokens or chat template, so only the row's own text counts.
+    A tokenizer without an unknown token (byte-level BPE such as GPT-2's or Qwen's, whose ``unk_token`` is absent or
+    is EOS) never produces one, and the count is ``0``.
+
+    Args:
+        rowset: validated rows with string ``fields``.
+        tokenizer: the model's tokenizer.
+        fields: the text fields of a row, e.g. ``("prompt", "response")``.
+        max_rows: rows checked, from the first.
+
+    Returns:
+        ``(unknown, tokens, example)``: unknown tokens and all tokens of those fields, and ``(row number, field,
+        text)`` of the field with the largest share of unknown tokens (``None`` when there is none).
+    """
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    if unk_id is None or unk_id == getattr(tokenizer, "eos_token_id", None):
+        return 0, 0, None
+    rows = zip(rowset.rows[:max_rows], rowset.numbers)
+    cells = [(number, field, row[field]) for row, number in rows for field in fields]
+    if not cells:
+        return 0, 0, None
+    encoded = tokenizer([text for _, _, text in cells], add_special_tokens=False)["input_ids"]
+    unknown = total = 0
+    example, worst = None, 0.0
+    for cell, ids in zip(cells, encoded):
+        count = sum(1 for i in ids if i == unk_id)
+        unknown, total = unknown + count, total + len(ids)
+        if ids and count / len(ids) > worst:
+            example, worst = cell, count / len(ids)
+    return unknown, total, example
+
+
+def check_unknown_tokens(rowset: RowSet, tokenizer: PreTrainedTokenizerBase, fields: tuple[str, ...]) -> None:
+    """Refuse text the tokenizer cannot read: more than :data:`UNKNOWN_ERROR_SHARE` of the tokens of the first
+    :data:`UNKNOWN_CHECK_ROWS` rows are its unknown token; warn above :data:`UNKNOWN_WARN_SHARE`.
+
+    Raises:
+        DataError: naming the split, the share, the tokenizer and the row and field with the most unknown tokens.
+    """
+    unknown, total, example = count_unknown_tokens(rowset, tokenizer, fields)
+    share = unknown / total if total else 0.0
+    if share <= UNKNOWN_WARN_SHARE or example is None:
+        return
+    number, field, text = example
+    checked = min(len(rowset), UNKNOWN_CHECK_ROWS)
+    facts = (
+        f"{rowset.dataset}: {unknown} of the {total} tokens ({share:.0%}) of its first {checked} rows are the unknown "
+        f"token {tokenizer.unk_token!r} of the tokenizer {tokenizer_name(tokenizer)} (e.g. row {number}, field "
+        f"{field!r}: {text!r:.60})"
+    )
+    if share > UNKNOWN_ERROR_SHARE:
+        raise DataError(
+            f"{facts}; the text is not in this tokenizer's vocabulary: train with the model's own tokenizer, or check "
+            "the file's language and encoding"
+        )
+    log.warning("%s; the model learns nothing from those words", facts)
+
+
 def finish_report(examples: list, report: TruncationReport, overlong: OverlongPolicy) -> None:
     """Log the truncation report if anything was cut, and refuse an empty result."""
     if report.prompt_truncated or report.response_truncated or report.dropped:
         log.warning("over-long rows (policy %r): %s", overlong, report.summary())
     if not examples:
-        raise DataError(f"{report.dataset}: no rows left after applying overlong={overlong!r} ({report.summary()})")
+        raise DataError(
+            f"{report.dataset}: no rows left after applying overlong={overlong!r} ({report.summary()}); every row is "
+            "too long: raise data.init_args.max_length / max_prompt_length"
+        )
 
 
 def encode_rows(
@@ -174,10 +261,14 @@ def encode_rows(
         (the original row with its source number as ``row_index``); the report counts truncations and drops.
 
     Raises:
-        DataError: under ``overlong="error"``, for the first row that does not fit; or for a bad length setting.
+        DataError: under ``overlong="error"``, for the first row that does not fit; for a bad length setting; for no
+            rows; or for text that is mostly the tokenizer's unknown token (see :func:`check_unknown_tokens`).
     """
+    if not len(rowset):
+        raise DataError(f"{rowset.dataset}: no rows to train or validate on; give at least one row")
     max_prompt_length = check_lengths(rowset.dataset, max_length, max_prompt_length)
     chat = uses_chat_template(tokenizer, use_chat_template)
+    check_unknown_tokens(rowset, tokenizer, ("prompt", *response_fields))
     report = TruncationReport(dataset=rowset.dataset, num_rows=len(rowset))
     examples = []
     for row, row_index in zip(rowset.rows, rowset.numbers):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.base import RLHFDataModule
@@ -97,6 +97,20 @@ class TokenizedRowsDataModule(RLHFDataModule):
             examples, self.reports[split] = self.encode_rows(rowsets[split])
             setattr(self, f"{split}_dataset", examples)
             rank_zero_info(f"[{split}] {self.reports[split].summary()}")
+        if "train" in needed:
+            self._warn_short_training_split()
+
+    def _warn_short_training_split(self) -> None:
+        """Say so when every training batch is smaller than ``batch_size`` (fewer rows per process than a batch)."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        per_process = -(-len(self.train_dataset) // world_size)
+        if per_process < self.batch_size:
+            processes = f" over {world_size} processes ({per_process} each)" if world_size > 1 else ""
+            rank_zero_warn(
+                f"[train] {self.reports['train'].dataset}: {len(self.train_dataset)} rows{processes}, fewer than "
+                f"data.init_args.batch_size {self.batch_size}: every training batch has {per_process} rows (short "
+                "batches are kept, not dropped)"
+            )
 
     def encode_rows(self, rowset: RowSet) -> tuple[list[dict[str, Any]], TruncationReport]:
         """Validate and tokenize one split according to :attr:`row_format`."""
@@ -139,4 +153,9 @@ class TokenizedRowsDataModule(RLHFDataModule):
         return self._train_loader(self.train_dataset, self._collator(validation=False))
 
     def val_dataloader(self) -> DataLoader:
+        """The validation rows in order; under data parallelism each process reads its own share, none repeated."""
+        return self._eval_loader(self.val_dataset, self._collator(validation=True), shard=True)
+
+    def normalization_dataloader(self) -> DataLoader:
+        """The validation rows, all of them on every process (see :meth:`RLHFDataModule.normalization_dataloader`)."""
         return self._eval_loader(self.val_dataset, self._collator(validation=True))

@@ -22,6 +22,15 @@ class QADataModule(MappedRowsDataModule):
         return {"prompt": question, "answer": answer}
 
 
+@pytest.fixture
+def word_tokenizer():
+    """The word-level tokenizer, knowing the words of these rows (their text would otherwise be mostly ``<unk>``)."""
+    from lit_rlhf.data.arithmetic_task import vocabulary
+    from lit_rlhf.models import build_word_tokenizer
+
+    return build_word_tokenizer([*vocabulary(), "what", "is", "it", "q"])
+
+
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
