@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     Returns ``None`` (the console script exits with ``sys.exit(main())``: 0 on success); :func:`run_command`
     returns the command's results and raises every error.
     """
-    from lit_rlhf.errors import UserError, debug_requested
+    from lit_rlhf.errors import DEBUG_ENV, debug_requested
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or debug_requested()
@@ -96,14 +96,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = [a for a in args if a != "--debug"]
         if argv is None:  # the Lightning CLI reads sys.argv itself
             sys.argv = [sys.argv[0], *args]
+    saved_env = os.environ.get(DEBUG_ENV)
+    if debug:  # the parser of fit/validate reads it too (and keeps jsonargparse's full message)
+        os.environ[DEBUG_ENV] = "1"
     try:
         run_command(None if argv is None else args)
-    except UserError as err:
-        if debug:
+    except Exception as err:
+        user_error = find_user_error(err)
+        if debug or user_error is None:
             raise
-        sys.stderr.write(f"{program_name()}: error: {err}\n")
+        message = " ".join(str(user_error).split("\n"))
+        sys.stderr.write(f"{program_name()}: error: {message}\n")
         sys.stderr.write("(add --debug or set LIT_RLHF_DEBUG=1 to see where it was raised)\n")
         raise SystemExit(2) from None
+    finally:
+        if saved_env is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = saved_env
+
+
+def find_user_error(err: BaseException) -> Any:
+    """The :class:`~lit_rlhf.errors.UserError` that ``err`` is or was raised from (jsonargparse wraps the errors of
+    the classes it builds in a ``ValueError``), or ``None``."""
+    from lit_rlhf.errors import UserError
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def run_command(argv: Sequence[str] | None = None) -> Any:

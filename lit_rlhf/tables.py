@@ -9,7 +9,8 @@
 - MLflow (:class:`~lightning.pytorch.loggers.MLFlowLogger`): the artifact ``<tag>.json`` of the logger's run, a
   table with a ``step`` column that every later call appends to (MLflow's ``log_table``).
 - ``samples.jsonl`` in the run folder (see :func:`run_folder`): one JSON object per row,
-  ``{"tag": ..., "step": ..., <column>: <value>, ...}``, appended (a resumed run adds to the rows it had).
+  ``{"tag": ..., "step": ..., <column>: <value>, ...}``, appended; a resumed run first removes the rows past the step
+  it resumes from (:func:`drop_rows_from`), then adds its own.
 
 Other loggers (CSV and the rest) get no table; their run folder still gets ``samples.jsonl``. A logger that fails
 (e.g. an unreachable tracking server) gets a warning, not an exception: a sample table never stops training.
@@ -140,6 +141,35 @@ def append_jsonl(path: str, tag: str, columns: Sequence[str], rows: Sequence[Seq
         for row in rows:
             record = {"tag": tag, "step": int(step), **dict(zip(columns, map(_plain, row)))}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def drop_rows_from(path: str, step: int) -> int:
+    """Remove the rows at ``step`` or later from the jsonl file ``path`` (a resumed run logs those steps again).
+
+    The file is rewritten atomically (a temporary file renamed over it); a missing file is left missing.
+
+    Returns:
+        The number of rows removed.
+    """
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if _row_step(line) < step]
+    if len(kept) == len(lines):
+        return 0
+    from lit_rlhf.checkpoint_io import atomic_write
+
+    atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+    return len(lines) - len(kept)
+
+
+def _row_step(line: str) -> int | float:
+    """The ``step`` of one jsonl row; a row that cannot be read (cut by a kill while it was written) sorts last."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def read_jsonl(path: str, tag: str | None = None) -> list[dict[str, Any]]:

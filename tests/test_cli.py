@@ -98,7 +98,9 @@ def test_unknown_config_key_is_jsonargparse_error(tmp_path, capsys):
 
 
 def test_missing_ckpt_path_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--ckpt_path .*nope.ckpt: no such checkpoint file"):
+    from lit_rlhf.modules import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match="--ckpt_path .*nope.ckpt: no such checkpoint file"):
         cli_main(
             tiny_cli_args(SFT_CONFIG, str(tmp_path / "runs" / "x" / "sft"))
             + ["--ckpt_path", str(tmp_path / "nope.ckpt")]

@@ -6,12 +6,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.data.rows import DataError
 from lit_rlhf.data.sampler import EvalShardSampler, ResumableSampler
+from lit_rlhf.errors import ConfigError
 
 
 def example_length(example: dict[str, Any]) -> int:
@@ -51,14 +53,22 @@ class RLHFDataModule(L.LightningDataModule):
         length_group_batches: int = 50,
     ):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"data.init_args.batch_size must be an integer >= 1, got {batch_size!r}")
+        if eval_batch_size is not None and (
+            isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1
+        ):
+            raise ConfigError(
+                f"data.init_args.eval_batch_size must be an integer >= 1 or null, got {eval_batch_size!r}"
+            )
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"data.init_args.num_workers must be an integer >= 0, got {num_workers!r}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
         if length_group_batches < 1:
-            raise ValueError(f"length_group_batches must be >= 1, got {length_group_batches}")
+            raise ConfigError(f"data.init_args.length_group_batches must be >= 1, got {length_group_batches}")
         self.group_by_length = group_by_length
         self.length_group_batches = length_group_batches
         self.tokenizer: PreTrainedTokenizerBase | None = None
@@ -129,6 +139,7 @@ class RLHFDataModule(L.LightningDataModule):
             collate_fn=collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=self._loader_generator(),
         )
 
     def _eval_loader(self, dataset: Sequence[Any], collate_fn: Callable, shard: bool = False) -> DataLoader:
@@ -158,4 +169,14 @@ class RLHFDataModule(L.LightningDataModule):
             sampler=sampler,
             collate_fn=collate_fn,
             num_workers=self.num_workers,
+            generator=self._loader_generator(),
         )
+
+    def _loader_generator(self) -> torch.Generator:
+        """A generator of the loader's own for the seed of its worker processes.
+
+        Without one, every ``iter(loader)`` (each epoch, each validation) draws that seed from the global torch RNG,
+        which the training samples (rollouts, dropout) also draw from: a resumed run could not replay a draw made
+        between a checkpoint and the crash, and its samples would differ from the uninterrupted run's.
+        """
+        return torch.Generator().manual_seed(self.seed if self.seed is not None else 0)

@@ -10,11 +10,15 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 
-from lit_rlhf.errors import UserError
+from lit_rlhf import checkpoint_checks as ckpt_checks
+from lit_rlhf.checkpoint_checks import CheckpointMismatchError  # noqa: F401 (lit_rlhf.modules exports it)
+from lit_rlhf.checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
+from lit_rlhf.errors import UserError  # noqa: F401
 from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
+from lit_rlhf.resume_logging import purge_logs_from
 
 CHECKPOINT_KEY = "lit_rlhf"
 
@@ -36,10 +40,6 @@ def adamw_flags(implementation: AdamWImplementation | None) -> dict[str, bool]:
             f"got {implementation!r}"
         )
     return {"foreach": implementation == "foreach", "fused": implementation == "fused"}
-
-
-class CheckpointMismatchError(UserError):
-    """``--ckpt_path`` points to a checkpoint this module cannot resume from."""
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -92,9 +92,19 @@ class RLHFModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Every rank runs this hook; rank 0 writes the file. Each rank's RNG states go in, so that under DDP every
-        # rank resumes its own random stream (its own rollout samples), not rank 0's.
+        # rank resumes its own random stream (its own rollout samples), not rank 0's. The class, the run settings an
+        # exact resume depends on and the tokenizer's fingerprint let a resume refuse a checkpoint it cannot continue
+        # (:mod:`lit_rlhf.checkpoint_checks`).
         states = collect_rng_states()
-        meta = {"module_class": qualified_name(self), "rng_states": states}
+        meta: dict[str, Any] = {"module_class": qualified_name(self), "rng_states": states}
+        if self._trainer is not None:
+            settings = ckpt_checks.run_settings(self.trainer)
+            meta["world_size"] = settings.pop("world_size")
+            meta["run"] = settings
+        if getattr(self, "tokenizer", None) is not None:
+            if getattr(self, "_tokenizer_fingerprint", None) is None:
+                self._tokenizer_fingerprint = ckpt_checks.tokenizer_fingerprint(self.tokenizer)
+            meta["tokenizer"] = self._tokenizer_fingerprint
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             per_rank: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(per_rank, states)
@@ -102,22 +112,41 @@ class RLHFModule(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get(CHECKPOINT_KEY)
-        if meta is None:
-            raise CheckpointMismatchError(
-                f"this checkpoint was not written by a lit_rlhf module, so {type(self).__name__} cannot resume from it"
-            )
-        if meta["module_class"] != qualified_name(self):
-            raise CheckpointMismatchError(
-                f"this checkpoint was written by {meta['module_class']}, but the model to resume is "
-                f"{qualified_name(self)}; use the config of the run that wrote it"
-            )
+        """Check that this run can resume from ``checkpoint``, then make its training state follow the config.
+
+        Refused with a :class:`CheckpointMismatchError` (one line naming the checkpoint and the mismatch): a checkpoint
+        not written by lit_rlhf or by another module class, weights of another architecture, another tokenizer, and,
+        when fitting, another world size, batch size, data seed or gradient accumulation, or a module setting that
+        cannot change on resume (:func:`~lit_rlhf.checkpoint_checks.setting_policy`). Other changed settings are
+        applied, and listed once in the log: the restored optimizers take the configured learning rates, weight decay,
+        betas and schedule (:func:`~lit_rlhf.checkpoint_checks.apply_configured_settings`).
+        """
+        trainer = self._trainer
+        ckpt_path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        where = f"checkpoint {ckpt_path}" if isinstance(ckpt_path, str) else "the checkpoint"
+        meta = ckpt_checks.checkpoint_meta(checkpoint, where)
+        ckpt_checks.check_module_class(meta, qualified_name(self), where)
+        if getattr(self, "tokenizer", None) is not None:
+            ckpt_checks.check_tokenizer(meta, ckpt_checks.tokenizer_fingerprint(self.tokenizer), where)
+        if checkpoint.get("state_dict"):
+            ckpt_checks.check_state_shapes(checkpoint["state_dict"], self.state_dict(), where, self.strict_loading)
+        if trainer is not None and trainer.state.fn == "fit":
+            ckpt_checks.check_run_settings(meta, where, **ckpt_checks.run_settings(trainer))
+            applied = ckpt_checks.check_settings(checkpoint.get("hyper_parameters") or {}, self.hparams, where)
+            flags = adamw_flags(self.hparams.get("adamw_implementation"))
+            ckpt_checks.apply_configured_settings(checkpoint, self.hparams, trainer.max_steps, flags)
+            if applied:
+                rank_zero_info(
+                    f"Resuming with changed settings, applied from the first resumed step: "
+                    f"{ckpt_checks.describe_changes(applied)}"
+                )
         self._rng_to_restore = self._own_rng_states(meta)
         self._realign_log_step = True
 
     def _own_rng_states(self, meta: dict[str, Any]) -> dict[str, Any] | None:
         """This rank's RNG states from the checkpoint: its own when the run had the same number of ranks, else rank
-        0's (a warning says the random streams then differ from the interrupted run's)."""
+        0's (a warning says the random streams then differ from the interrupted run's). A resumed ``fit`` always has
+        the same number (:func:`~lit_rlhf.checkpoint_checks.check_run_settings` refuses another)."""
         per_rank = meta.get("rng_states_per_rank")
         rank, world_size = self.global_rank, self.trainer.world_size if self._trainer is not None else 1
         if per_rank is not None and len(per_rank) == world_size:
@@ -135,14 +164,31 @@ class RLHFModule(L.LightningModule):
         if self._rng_to_restore is not None:
             restore_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+        self._install_checkpoint_io()  # again: a subclass's setup may not call this class's
+        if self.trainer.ckpt_path is not None:
+            # What the interrupted run logged from the resumed step on is logged again: purge it.
+            purge_logs_from(self.trainer, self.logging_step())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The checkpoint saved at the end of the previous batch reaches the disk now, after that batch's metrics and
+        # validation were logged (lit_rlhf.checkpoint_io).
+        plugin = self.trainer.strategy.checkpoint_io
+        if isinstance(plugin, AtomicCheckpointIO):
+            plugin.flush()
         # Lightning 2.6 restores its logging step (``_batches_that_stepped``) one too high when the checkpoint was
         # taken at the end of a validation or of fit, which shifts every curve of a resumed run by one step. Put it
         # back once after a restore, to the step count the module logs against (:meth:`logging_step`).
         if self._realign_log_step:
             self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.logging_step()
         self._realign_log_step = False
+
+    def setup(self, stage: str) -> None:
+        """Write this run's checkpoints atomically, once their step is logged (:mod:`lit_rlhf.checkpoint_io`)."""
+        self._install_checkpoint_io()
+
+    def _install_checkpoint_io(self) -> None:
+        if self._trainer is not None:
+            install_atomic_checkpoint_io(self.trainer)
 
     def logging_step(self) -> int:
         """The x-axis of training curves at the start of a batch: the optimizer step count (one step per batch
