@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import mask_after_eos
 from lit_rlhf.functional.padding import pad_left, position_ids_from_mask
@@ -28,6 +30,53 @@ class Generation(NamedTuple):
     response_mask: torch.Tensor
     has_eos: torch.Tensor
     logprobs: torch.Tensor | None = None
+
+
+def check_sampling(
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    *,
+    do_sample: bool = True,
+    prefix: str = "",
+) -> None:
+    """Refuse sampling settings that cannot sample (before transformers fails on them mid-run).
+
+    Args:
+        max_new_tokens: must be >= 1.
+        temperature, top_k, top_p: checked only with ``do_sample``: ``temperature > 0`` (the log-probabilities of
+            a sample are read from the logits divided by it), ``top_k >= 0``, ``top_p`` in ``(0, 1]``.
+        do_sample: sampling (else greedy, which ignores the three).
+        prefix: prepended to the option names in the message (``model.init_args.``).
+
+    Raises:
+        ConfigError: naming the option, the value given and the accepted range.
+    """
+    checks = [("max_new_tokens", max_new_tokens, _whole(max_new_tokens) and max_new_tokens >= 1, ">= 1")]
+    if do_sample:
+        checks += [
+            (
+                "temperature",
+                temperature,
+                _real(temperature) and temperature > 0,
+                "> 0 to sample (greedy decoding has no temperature: validation answers greedily)",
+            ),
+            ("top_k", top_k, _whole(top_k) and top_k >= 0, ">= 0 (0 keeps every token)"),
+            ("top_p", top_p, _real(top_p) and 0 < top_p <= 1, "in (0, 1] (1 keeps every token)"),
+        ]
+    for name, value, ok, requirement in checks:
+        if not ok:
+            fix = f"; set it in the config file or with --{prefix}{name}" if prefix else ""
+            raise ConfigError(f"sampling {prefix}{name} must be {requirement}, got {value!r}{fix}")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @torch.no_grad()
@@ -72,7 +121,11 @@ def generate(
 
     Returns:
         :class:`Generation` with the response part only, ``batch * num_samples`` rows.
+
+    Raises:
+        ConfigError: sampling settings it cannot sample with (:func:`check_sampling`).
     """
+    check_sampling(max_new_tokens, temperature, top_k, top_p, do_sample=do_sample)
     share = num_samples > 1 and share_prompt and prompt_ids.size(1) > 1
     prefix_ids, prefix_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
     prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.errors import UserError
 from lit_rlhf.models.tiny import TINY_ARITHMETIC, build_tiny_llama, build_word_tokenizer
@@ -96,7 +96,8 @@ def load_causal_lm(
         The model in train mode.
 
     Raises:
-        ModelLoadError: the path does not hold a causal LM, or its vocabulary is smaller than the tokenizer's.
+        ModelLoadError: the path does not hold a causal LM (e.g. a reward model's sequence-classification export), or
+            its vocabulary is smaller than the tokenizer's.
     """
     if dtype is not None and dtype not in DTYPES:
         raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -104,6 +105,7 @@ def load_causal_lm(
         model = build_tiny_llama(tokenizer, config_overrides)
         set_attn_implementation(model, attn_implementation, name_or_path)
     else:
+        check_causal_lm_kind(name_or_path, load_architectures(name_or_path, trust_remote_code, "a causal LM"))
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **(config_overrides or {})}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
@@ -126,6 +128,49 @@ def load_causal_lm(
             model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.train()
     return model
+
+
+CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+"""Ends of architecture names whose heads score or label tokens instead of predicting the next one."""
+
+
+def load_architectures(name_or_path: str, trust_remote_code: bool = False, what: str = "a model config") -> list[str]:
+    """The ``architectures`` recorded in the config of a folder or hub model (empty when none is recorded).
+
+    Args:
+        name_or_path: a folder or hub name.
+        trust_remote_code: passed to ``AutoConfig.from_pretrained``.
+        what: what the caller loads, for the message (``a causal LM``).
+
+    Raises:
+        ModelLoadError: there is no readable config.
+    """
+    check_local_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load {what} from {name_or_path!r}: {err}") from err
+    return list(getattr(config, "architectures", None) or [])
+
+
+def check_causal_lm_kind(name_or_path: str, architectures: list[str]) -> None:
+    """Refuse a model whose recorded architectures are all classifiers (a reward or value model) as a policy.
+
+    ``AutoModelForCausalLM`` would load such a folder with its backbone and a new, random LM head, and generate noise.
+
+    Args:
+        name_or_path: the folder or hub name, for the message.
+        architectures: its config's ``architectures`` (an empty list is accepted: nothing is recorded).
+
+    Raises:
+        ModelLoadError: naming the folder, what it holds and what is expected.
+    """
+    if architectures and all(name.endswith(CLASSIFIER_SUFFIXES) for name in architectures):
+        raise ModelLoadError(
+            f"{name_or_path} holds a {', '.join(architectures)} (config.json architectures), a classifier such as a "
+            "reward or value model, not a causal LM: a policy must be a *ForCausalLM export (e.g. the SFT stage's "
+            "runs/arithmetic/sft/hf) or hub name; point model_name_or_path / policy_name_or_path at one"
+        )
 
 
 def set_attn_implementation(model: PreTrainedModel, attn_implementation: str | None, name_or_path: str) -> None:

@@ -7,14 +7,17 @@ usual reward-model setup, and what :func:`load_reward_model` checks), and stays 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.functional.reward import last_token_index
-from lit_rlhf.models.loading import DTYPES, ModelLoadError, is_builtin, set_attn_implementation
+from lit_rlhf.models.loading import DTYPES, ModelLoadError, check_local_path, is_builtin, set_attn_implementation
 from lit_rlhf.models.padding_free import packed_forward, packed_prompt_forward
 from lit_rlhf.models.shared_prompt import prompt_then_responses
 from lit_rlhf.models.tiny import build_tiny_llama
@@ -34,6 +37,7 @@ def load_reward_model(
     trust_remote_code: bool = False,
     zero_head: bool = False,
     attn_implementation: str | None = None,
+    require_score_head: bool = False,
 ) -> PreTrainedModel:
     """Load a reward (or value) model with a single output, initialising the head if the checkpoint has none.
 
@@ -51,12 +55,15 @@ def load_reward_model(
         zero_head: a new head starts at exactly zero (a PPO critic then predicts 0 until it has learned, instead
             of random values that would be taken as advantages); by default small random weights.
         attn_implementation: attention kernel (``"eager"``, ``"sdpa"``, ...); ``None`` lets transformers choose.
+        require_score_head: refuse a folder that is not a sequence classifier (e.g. a causal LM), whose score head
+            would be new and random: for a reward model used as a reward source, where random scores are noise.
 
     Returns:
         The model (``config.num_labels == 1``, ``config.pad_token_id`` set) in train mode.
 
     Raises:
-        ModelLoadError: the path holds no loadable model, or a classifier with more than one label.
+        ModelLoadError: the path holds no loadable model, a classifier with more than one label, or (with
+            ``require_score_head``) no sequence classifier.
     """
     if dtype is not None and dtype not in DTYPES:
         raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -66,23 +73,46 @@ def load_reward_model(
         model = AutoModelForSequenceClassification.from_config(config)
         set_attn_implementation(model, attn_implementation, name_or_path)
     else:
+        check_local_path(name_or_path)
         try:
             config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load a model config from {name_or_path!r}: {err}") from err
         is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        if require_score_head and not is_classifier:
+            held = (
+                ", ".join(config.architectures or []) or f"a {config.model_type} model without recorded architectures"
+            )
+            raise ModelLoadError(
+                f"{name_or_path} holds {held} (config.json architectures), not a reward model: its score head would be "
+                "new and random, so its rewards would be noise; give a reward model's export (a "
+                "*ForSequenceClassification with one label, e.g. the reward stage's runs/arithmetic/reward/hf)"
+            )
         if is_classifier and config.num_labels != 1:
             raise ModelLoadError(
                 f"{name_or_path!r} is a classifier with {config.num_labels} labels; a reward model has exactly one"
             )
         try:
             attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-            model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, num_labels=1, trust_remote_code=trust_remote_code, **attention, **(config_overrides or {})
-            )
+            # From a causal LM the score head is new by design: transformers' load report saying so is replaced by
+            # the check below, which warns only about other weights the folder lacks.
+            with _quiet_load_report(not is_classifier):
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    name_or_path,
+                    num_labels=1,
+                    trust_remote_code=trust_remote_code,
+                    output_loading_info=True,
+                    **attention,
+                    **(config_overrides or {}),
+                )
         except (OSError, ValueError, ImportError) as err:
             raise ModelLoadError(f"could not load {name_or_path!r} as a sequence-classification model: {err}") from err
         if not is_classifier:
+            head_names = {f"{name}" for name, _ in score_head(model).named_parameters(prefix="score")}
+            others = sorted(set(info.get("missing_keys") or ()) - head_names)
+            if others:
+                log.warning("%s: weights missing from the folder, newly initialised: %s", name_or_path, others)
+            log.info("%s holds a causal LM: its backbone is loaded with a new score head", name_or_path)
             # A fresh head: zero bias and small (or zero) weights, so every initial score is near 0.
             head = score_head(model)
             if zero_head:
@@ -98,6 +128,19 @@ def load_reward_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     model.train()
     return model
+
+
+@contextlib.contextmanager
+def _quiet_load_report(quiet: bool) -> Iterator[None]:
+    """Raise the level of transformers' loader log to errors while ``quiet`` (its load report is a warning)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def score_head(model: PreTrainedModel) -> torch.nn.Linear:
@@ -232,6 +275,32 @@ def shared_prompt_token_scores(
 def reward_normalization(model: PreTrainedModel) -> dict[str, float] | None:
     """The ``{"mean", "std", "num_responses"}`` a lit_rlhf reward-model export recorded, or ``None``."""
     return getattr(model.config, NORMALIZATION_KEY, None)
+
+
+def check_reward_normalization(stats: Any, name_or_path: str) -> None:
+    """Refuse recorded normalisation statistics that cannot normalise: a missing or non-finite mean, a std that is
+    not a finite number > 0 (scores would be divided by zero or turned to NaN).
+
+    Args:
+        stats: ``config.reward_normalization`` of the export (``{"mean", "std", ...}``).
+        name_or_path: the reward model's folder, for the message.
+
+    Raises:
+        ModelLoadError: naming the folder, the recorded values and the fix.
+    """
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    mean = stats.get("mean") if isinstance(stats, dict) else None
+    std = stats.get("std") if isinstance(stats, dict) else None
+    if finite(mean) and finite(std) and std > 0:
+        return
+    raise ModelLoadError(
+        f"{name_or_path}/config.json records {NORMALIZATION_KEY} {stats!r}, which cannot normalise scores (the mean "
+        "must be a finite number and the std a finite number > 0); retrain the reward model on responses whose "
+        "scores differ, or set normalize: false on this reward source to use raw scores"
+    )
 
 
 def ensure_distinct_pad(tokenizer: PreTrainedTokenizerBase, pad_token: str | None, name: str) -> None:

@@ -14,6 +14,7 @@ from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.shared_prompt import first_rows
 from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
+from lit_rlhf.modules.checks import check_grpo_options, check_minibatch_split
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rewards.rules import WeightedSumReward
@@ -58,7 +59,10 @@ class GRPOModule(OnlineRLModule):
     Logged per iteration: ``reward`` (mean total), ``reward_std`` (mean std within groups), ``frac_reward_zero_std``
     (groups with no signal), ``reward/<name>/mean`` and ``/std`` per source, ``completions/mean_length``,
     ``completions/eos_rate``, ``kl``, ``policy/clipfrac``, ``policy/ratio``, ``policy/entropy``, ``loss/policy``,
-    ``lr``; at validation, what :class:`~lit_rlhf.modules.online.OnlineRLModule` logs (gold metrics, samples).
+    ``lr``, and counts since the start of the run: ``train/nonfinite_steps`` (optimizer steps skipped for a
+    non-finite loss or gradient), ``train/zero_std_groups`` (groups whose rewards were all equal) and
+    ``train/zero_std_iterations`` (iterations where every group's were); at validation, what
+    :class:`~lit_rlhf.modules.online.OnlineRLModule` logs (gold metrics, samples).
 
     Args:
         rewards: reward sources (``class_path`` entries), summed with ``reward_weights``.
@@ -102,6 +106,9 @@ class GRPOModule(OnlineRLModule):
         missing_eos_penalty: subtracted from the reward of responses cut by ``max_new_tokens``; ``null`` = none.
         max_grad_norm: gradient clipping norm.
         num_logged_samples: rows of the validation sample table.
+        max_nonfinite_steps: an optimizer step whose loss or gradient is not finite is skipped (no weight and no
+            optimizer state moves) and counted (``train/nonfinite_steps``); this many iterations in a row with a
+            skipped step stop the run with an error naming the last one. ``null`` never stops.
     """
 
     def __init__(
@@ -138,22 +145,14 @@ class GRPOModule(OnlineRLModule):
         missing_eos_penalty: float | None = None,
         max_grad_norm: float = 1.0,
         num_logged_samples: int = 8,
+        max_nonfinite_steps: int | None = 3,
     ) -> None:
         super().__init__()
+        check_grpo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
-        if num_generations < 2:
-            raise ValueError(f"num_generations must be >= 2 (a group needs a baseline), got {num_generations}")
-        if num_iterations < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
-            raise ValueError(
-                "num_iterations, num_minibatches and gradient_accumulation_steps must be >= 1; got "
-                f"{num_iterations}, {num_minibatches}, {gradient_accumulation_steps}"
-            )
-        if loss_averaging not in ("token", "sequence"):
-            raise ValueError(f"loss_averaging must be 'token' or 'sequence', got {loss_averaging!r}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
         self.save_hyperparameters(ignore=["rewards"])
         self.automatic_optimization = False
+        self.setup_nonfinite_guard({"policy": "learning_rate"}, max_nonfinite_steps, "the rewards")
         self.reward = WeightedSumReward(list(rewards), reward_weights, name="reward")
         self.load_policy(
             policy_name_or_path,
@@ -162,6 +161,14 @@ class GRPOModule(OnlineRLModule):
             with_reference=beta > 0,
             attn_implementation=attn_implementation,
         )
+
+    def setup(self, stage: str) -> None:
+        """The online modules' checks, and no more minibatches than the responses of a generation batch."""
+        super().setup(stage)
+        batch_size = getattr(getattr(self._trainer, "datamodule", None), "batch_size", None)
+        if stage == "fit" and isinstance(batch_size, int):
+            rows = batch_size * self.hparams.num_generations
+            check_minibatch_split(rows, self.hparams.num_minibatches, rows_name="responses")
 
     # -- generation batch --------------------------------------------------------------------------------------------
 
@@ -200,6 +207,7 @@ class GRPOModule(OnlineRLModule):
         if hp.missing_eos_penalty is not None:
             rewards = torch.where(generation.has_eos, rewards, rewards - hp.missing_eos_penalty)
         advantages, groups = group_advantages(rewards, g, scale_by_std=hp.scale_rewards)
+        self.count_zero_std_groups(groups.std)  # groups without a reward signal: counted, trained on
         response_mask = generation.response_mask
         group = torch.arange(batch["prompt_input_ids"].size(0), device=prompt_ids.device).repeat_interleave(g)
         if hp.beta > 0:
@@ -257,7 +265,7 @@ class GRPOModule(OnlineRLModule):
         sums: dict[str, float] = {}
         updates = 0
         lr = optimizer.param_groups[0]["lr"]  # the learning rate this iteration's updates use
-        with self.one_training_step([optimizer], [scheduler]):
+        with self.one_training_step([optimizer], [scheduler], batch_idx):
             for _ in range(hp.num_iterations):
                 for minibatch in self._minibatches(size):
                     micro_batches = [
@@ -277,6 +285,7 @@ class GRPOModule(OnlineRLModule):
         self.iteration += 1
         logged["lr"] = lr
         logged["iteration"] = self.iteration
+        logged.update(self.run_counts())  # skipped steps, zero-std groups: the same on every rank
         # Already averaged over ranks above (one collective per iteration), so no sync_dist here.
         self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
         self.log("reward_mean", logged["reward"], prog_bar=True, batch_size=size, logger=False)

@@ -14,11 +14,13 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleD
 from lit_rlhf.functional.ppo import masked_mean_var, mean_var_from_sums, mean_var_to_sums
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
-from lit_rlhf.modules.base import CHECKPOINT_KEY, RLHFModule
+from lit_rlhf.modules.base import CHECKPOINT_KEY
+from lit_rlhf.modules.nonfinite import GuardedModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.tables import log_table, scalar_step
 
 _AFTER_STEP_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization and every_n_train_steps"
+_SCHEDULER_BEFORE_OPTIMIZER_WARNING = r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
 
 
 def _do_nothing() -> None:
@@ -47,7 +49,7 @@ def check_online_strategy(strategy: Strategy, module_name: str) -> None:
     )
 
 
-class OnlineRLModule(RLHFModule):
+class OnlineRLModule(GuardedModule):
     """Base of modules that learn from their own samples (``automatic_optimization = False``).
 
     Subclasses call :meth:`load_policy` in ``__init__``, implement ``training_step`` (one batch of prompts = one
@@ -55,6 +57,11 @@ class OnlineRLModule(RLHFModule):
     iteration is one Lightning training step) and may extend the checkpoint state through :meth:`extra_state` /
     :meth:`load_extra_state`. The frozen reference and the reward source are kept out of the module's state (a
     plain dict and a non-``Module`` object), so they are reloaded from their source, never checkpointed or trained.
+
+    Each optimizer step with a non-finite loss or gradient is skipped and counted (:class:`GuardedModule`; the
+    subclass calls ``setup_nonfinite_guard`` with its optimizers' names); ``max_nonfinite_steps`` iterations in a row
+    with a skipped step stop the run. Rollouts that carry no reward signal are counted too
+    (:meth:`count_constant_scores`, :meth:`count_zero_std_groups`), and training goes on through them.
 
     Validation answers the validation prompts greedily and logs ``val/reward``, ``val/eos_rate``,
     ``val/response_length``, every gold metric the DataModule's ``score_completions`` returns (e.g.
@@ -82,6 +89,9 @@ class OnlineRLModule(RLHFModule):
             reference.requires_grad_(False)
             self._frozen["reference"] = reference
         self.iteration = 0
+        self.signal_counts: dict[str, int] = {}  # rollouts without a reward signal, since the start of the run
+        self._step_where = "iteration 0"
+        self._steps_in_iteration: dict[str, int] = {}
         self.val_metrics = torch.nn.ModuleDict()
         self._samples: list[tuple[str, str, str, str]] = []
 
@@ -94,6 +104,7 @@ class OnlineRLModule(RLHFModule):
     def setup(self, stage: str) -> None:
         """Refuse at once a strategy other than one device or DDP (:func:`check_online_strategy`) and a prompt budget
         that cannot fit the policy's context with ``max_new_tokens`` after it."""
+        super().setup(stage)
         if self._trainer is not None:
             check_online_strategy(self.trainer.strategy, type(self).__name__)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -148,7 +159,7 @@ class OnlineRLModule(RLHFModule):
     # -- data parallelism: each rank samples its own prompts; gradients and statistics are averaged -----------------
 
     @contextlib.contextmanager
-    def one_training_step(self, optimizers: list[Any], schedulers: list[Any]) -> Iterator[None]:
+    def one_training_step(self, optimizers: list[Any], schedulers: list[Any], batch_idx: int = 0) -> Iterator[None]:
         """Count everything inside as ONE Lightning training step (one iteration), then step the LR schedulers once.
 
         An iteration steps its optimizers several times (PPO: actor and critic, ``ppo_epochs * num_minibatches`` times
@@ -156,12 +167,22 @@ class OnlineRLModule(RLHFModule):
         ``trainer.global_step`` at each of them. Inside this block each ``LightningOptimizer.step()`` still steps
         through the strategy and precision plugin as usual, but only the block as a whole advances the step counter,
         so ``trainer.max_steps``, ``val_check_interval``, ``ModelCheckpoint(every_n_train_steps=...)`` and the
-        schedulers' ``warmup_steps`` all count iterations. Nothing is counted if the block raises.
+        schedulers' ``warmup_steps`` all count iterations. Nothing is counted if the block raises. Optimizer steps
+        skipped inside for a non-finite loss or gradient (:meth:`optimizer_step_over`) change nothing, but the
+        iteration still counts and the schedulers still step; after ``max_nonfinite_steps`` iterations in a row with a
+        skipped step, the block raises :class:`~lit_rlhf.modules.nonfinite.NonFiniteStepsError` at its end, before
+        the iteration is counted.
 
         Args:
             optimizers: the ``LightningOptimizer`` wrappers of ``self.optimizers()``.
             schedulers: their LR schedulers, stepped once after the block.
+            batch_idx: the training batch's index in its epoch (named in the error message).
+
+        Raises:
+            NonFiniteStepsError: ``max_nonfinite_steps`` iterations in a row had a skipped optimizer step.
         """
+        self._step_where = f"iteration {self.iteration} (batch {batch_idx} of epoch {self.current_epoch})"
+        self._steps_in_iteration = {}
         counted = [(opt, opt._on_before_step, opt._on_after_step) for opt in optimizers]
         for opt in optimizers:
             opt._on_before_step = opt._on_after_step = _do_nothing
@@ -170,11 +191,16 @@ class OnlineRLModule(RLHFModule):
         finally:
             for opt, before, after in counted:
                 opt._on_before_step, opt._on_after_step = before, after
+        self.end_guarded_step("iterations")
         _, before, after = counted[0]
         before()  # the manual-optimization loop's own counters: one optimizer step "ready", then "completed"
         after()
-        for scheduler in schedulers:
-            scheduler.step()
+        with warnings.catch_warnings():
+            # The schedules count iterations: one whose optimizer steps were all skipped (non-finite) still steps
+            # them, and torch's warning about a scheduler stepped before its optimizer does not apply.
+            warnings.filterwarnings("ignore", message=_SCHEDULER_BEFORE_OPTIMIZER_WARNING, category=UserWarning)
+            for scheduler in schedulers:
+                scheduler.step()
 
     def optimizer_step_over(
         self,
@@ -184,23 +210,47 @@ class OnlineRLModule(RLHFModule):
         loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
         weights: list[float],
         max_grad_norm: float | None,
+        name: str = "policy",
+        loss_name: str = "policy loss",
     ) -> dict[str, float]:
         """One optimizer step over a minibatch given as micro-batches.
 
         Backward of each micro-batch with its ``weight`` (their weighted losses add up to the minibatch's loss),
         gradients averaged over ranks, clipped (Lightning skips clipping under manual optimization), then the
-        optimizer step (the LR schedulers step once per iteration, in :meth:`one_training_step`). Returns the weighted
-        sum of each statistic over the micro-batches.
+        optimizer step (the LR schedulers step once per iteration, in :meth:`one_training_step`). When the
+        minibatch's loss or the averaged gradients are not finite on any rank, every rank drops the gradients and
+        skips the step (no weight and no optimizer state moves) and counts it for optimizer ``name``
+        (:class:`~lit_rlhf.modules.nonfinite.GuardedModule`). Returns the weighted sum of each statistic over the
+        micro-batches, skipped steps included (a non-finite loss shows in the logged means).
+
+        Args:
+            optimizer: the ``LightningOptimizer`` of ``module``.
+            module: the model it steps.
+            micro_batches: the minibatch's micro-batches.
+            loss_fn: a micro-batch's loss (a scalar) and statistics.
+            weights: each micro-batch's share of the minibatch's loss.
+            max_grad_norm: gradient clipping norm (``None``: no clipping).
+            name: the optimizer's name in the counts and messages (``actor``, ``critic``, ``policy``).
+            loss_name: how messages name the loss (``policy loss``, ``value loss``).
         """
         optimizer.zero_grad()
         stats: dict[str, float] = {}
+        total_loss = torch.zeros((), device=self.device)
         with self._no_backward_sync():
             for mb, weight in zip(micro_batches, weights, strict=True):
                 loss, mb_stats = loss_fn(mb)
                 self.manual_backward(loss * weight)
-                for name, value in mb_stats.items():
-                    stats[name] = stats.get(name, 0.0) + float(value.detach()) * weight
+                total_loss = total_loss + loss.detach().float() * weight
+                for stat, value in mb_stats.items():
+                    stats[stat] = stats.get(stat, 0.0) + float(value.detach()) * weight
         self._average_gradients(module)
+        step = self._steps_in_iteration[name] = self._steps_in_iteration.get(name, 0) + 1
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        problem = self.nonfinite_problem(total_loss, params, quantity=loss_name)
+        if problem is not None:
+            optimizer.zero_grad()
+            self.skip_step(name, f"{self._step_where}, {name} step {step} of the iteration: {problem}")
+            return stats
         if max_grad_norm is not None:
             self.configure_gradient_clipping(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
@@ -246,6 +296,55 @@ class OnlineRLModule(RLHFModule):
         stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in stats.values()])
         stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
         return dict(zip(stats, stacked.unbind()))
+
+    # -- rollouts without a reward signal: counted, trained on ------------------------------------------------------
+
+    def count_constant_scores(self, scores: torch.Tensor) -> bool:
+        """Count the iteration in ``train/constant_score_iterations`` when every score of the rollout, over all ranks,
+        is the same: the scores then carry no signal, and PPO's advantages come from the KL penalty and the critic's
+        values only (their whitening stays finite: see :func:`~lit_rlhf.functional.ppo.masked_whiten`).
+
+        Args:
+            scores: ``(batch,)`` this rank's scores.
+
+        Returns:
+            Whether they were all equal.
+        """
+        extremes = torch.stack([scores.max(), -scores.min()]).float()
+        if self._world_size() > 1:
+            extremes = self.trainer.strategy.reduce(extremes, reduce_op="max")
+        constant = bool(extremes[0] == -extremes[1])
+        self._add_count("train/constant_score_iterations", int(constant))
+        return constant
+
+    def count_zero_std_groups(self, group_std: torch.Tensor) -> int:
+        """Count the groups whose rewards are all equal (``train/zero_std_groups``, over all ranks) and the iterations
+        where every group's are (``train/zero_std_iterations``: no reward signal at all, only the KL term trains).
+
+        Args:
+            group_std: ``(num_groups,)`` this rank's standard deviation of the rewards within each group.
+
+        Returns:
+            The number of zero-std groups of this iteration, over all ranks.
+        """
+        counts = torch.stack([(group_std == 0).sum(), torch.tensor(group_std.numel(), device=group_std.device)])
+        if self._world_size() > 1:
+            counts = self.trainer.strategy.reduce(counts.float(), reduce_op="sum")
+        zero, total = (int(c) for c in counts.tolist())
+        self._add_count("train/zero_std_groups", zero)
+        self._add_count("train/zero_std_iterations", int(zero == total))
+        return zero
+
+    def _add_count(self, tag: str, amount: int) -> None:
+        self.signal_counts[tag] = self.signal_counts.get(tag, 0) + amount
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def run_counts(self) -> dict[str, float]:
+        """The counts logged each iteration: skipped optimizer steps and rollouts without a reward signal, since the
+        start of the run (restored on resume)."""
+        return {**self.nonfinite_metrics(), **{tag: float(count) for tag, count in self.signal_counts.items()}}
 
     # -- validation: greedy answers, gold metrics next to the reward ----------------------------------------------
 
@@ -294,12 +393,17 @@ class OnlineRLModule(RLHFModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[CHECKPOINT_KEY]["online"] = {"iteration": self.iteration, **self.extra_state()}
+        checkpoint[CHECKPOINT_KEY]["online"] = {
+            "iteration": self.iteration,
+            "counts": dict(self.signal_counts),
+            **self.extra_state(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint[CHECKPOINT_KEY].get("online") or checkpoint[CHECKPOINT_KEY].get("ppo", {})
         self.iteration = state.get("iteration", 0)
+        self.signal_counts = {tag: int(count) for tag, count in (state.get("counts") or {}).items()}
         self.load_extra_state(state)
 
     def logging_step(self) -> int:

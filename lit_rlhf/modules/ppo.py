@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from lit_rlhf.functional.accumulation import micro_batch_weights
-from lit_rlhf.functional.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
+from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from lit_rlhf.functional.schedules import ScheduleName
@@ -18,6 +18,7 @@ from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.models.scoring import load_reward_model
 from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
+from lit_rlhf.modules.checks import check_minibatch_split, check_ppo_options
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rollout import response_logprobs, response_values, select_rows
@@ -91,6 +92,9 @@ class PPOModule(OnlineRLModule):
             log-probabilities, values and gradients up to float rounding, no work on the padding left of the prompts
             and right of the responses, on any attention kernel (CPU included).
         num_logged_samples: rows of the validation sample table.
+        max_nonfinite_steps: an actor or critic step whose loss or gradient is not finite is skipped (no weight and
+            no optimizer state moves) and counted (``train/nonfinite_steps/actor``, ``/critic``); this many iterations
+            in a row with a skipped step stop the run with an error naming the last one. ``null`` never stops.
     """
 
     def __init__(
@@ -129,18 +133,16 @@ class PPOModule(OnlineRLModule):
         max_grad_norm: float = 1.0,
         padding_free: bool = False,
         num_logged_samples: int = 8,
+        max_nonfinite_steps: int | None = 3,
     ) -> None:
         super().__init__()
+        check_ppo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
-        if kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}")
-        if ppo_epochs < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
-            raise ValueError(
-                "ppo_epochs, num_minibatches and gradient_accumulation_steps must be >= 1; got "
-                f"{ppo_epochs}, {num_minibatches}, {gradient_accumulation_steps}"
-            )
         self.save_hyperparameters(ignore=["reward"])
         self.automatic_optimization = False
+        self.setup_nonfinite_guard(
+            {"actor": "actor_learning_rate", "critic": "critic_learning_rate"}, max_nonfinite_steps, "the rewards"
+        )
         self.reward = reward
         self.load_policy(
             policy_name_or_path,
@@ -164,6 +166,13 @@ class PPOModule(OnlineRLModule):
             if adaptive_kl_target is not None
             else FixedKLController(kl_coef)
         )
+
+    def setup(self, stage: str) -> None:
+        """The online modules' checks, and no more minibatches than the prompts of a training batch."""
+        super().setup(stage)
+        batch_size = getattr(getattr(self._trainer, "datamodule", None), "batch_size", None)
+        if stage == "fit" and isinstance(batch_size, int):
+            check_minibatch_split(batch_size, self.hparams.num_minibatches, rows_name="prompts")
 
     # -- 1-4: rollout, scores, per-token rewards, advantages -------------------------------------------------------
 
@@ -198,6 +207,7 @@ class PPOModule(OnlineRLModule):
         scores, reward_stats = self.score(batch["rows"], completions, generation.has_eos.tolist())
         if hp.missing_eos_penalty is not None:
             scores = torch.where(generation.has_eos, scores, scores - hp.missing_eos_penalty)
+        self.count_constant_scores(scores)  # no score signal in this rollout: counted, trained on
         logprobs = generation.logprobs  # from the sampling pass itself: no second forward of the policy
         packed = hp.padding_free
         ref_logprobs = response_logprobs(
@@ -237,7 +247,7 @@ class PPOModule(OnlineRLModule):
         sums: dict[str, float] = {}
         updates = 0
         lrs = {"lr/actor": actor_opt.param_groups[0]["lr"], "lr/critic": critic_opt.param_groups[0]["lr"]}
-        with self.one_training_step([actor_opt, critic_opt], [actor_sched, critic_sched]):
+        with self.one_training_step([actor_opt, critic_opt], [actor_sched, critic_sched], batch_idx):
             for _ in range(hp.ppo_epochs):
                 order = torch.randperm(size, device=self.device)
                 for minibatch in [m for m in order.tensor_split(hp.num_minibatches) if len(m)]:
@@ -247,8 +257,8 @@ class PPOModule(OnlineRLModule):
                         if len(micro)
                     ]
                     minibatch_stats = {
-                        **self._update(actor_opt, self.model, micro_batches, self._policy_loss),
-                        **self._update(critic_opt, self.critic, micro_batches, self._value_loss),
+                        **self._update(actor_opt, self.model, micro_batches, self._policy_loss, "actor"),
+                        **self._update(critic_opt, self.critic, micro_batches, self._value_loss, "critic"),
                     }
                     for name, value in minibatch_stats.items():
                         sums[name] = sums.get(name, 0.0) + value
@@ -260,6 +270,7 @@ class PPOModule(OnlineRLModule):
         logged["objective/kl_coef"] = self.kl_controller.value
         logged.update(lrs)  # the learning rates this iteration's updates used
         logged["iteration"] = self.iteration
+        logged.update(self.run_counts())  # skipped steps, constant-score rollouts: the same on every rank
         # Already averaged over ranks above (one collective per iteration), so no sync_dist here.
         self.log_dict({k: float(v) for k, v in logged.items()}, batch_size=size)
         self.log("score", stats["objective/score"], prog_bar=True, batch_size=size, logger=False)
@@ -308,12 +319,15 @@ class PPOModule(OnlineRLModule):
         module: torch.nn.Module,
         micro_batches: list[Rollout],
         loss_fn: Callable[[Rollout], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        name: str,
     ) -> dict[str, float]:
         """One optimizer step over a minibatch: each micro-batch's loss (a mean over its tokens) weighted by its share
-        of the minibatch's tokens, so that the summed gradient is that of the whole minibatch's token mean."""
+        of the minibatch's tokens, so that the summed gradient is that of the whole minibatch's token mean. ``name``
+        (``actor``, ``critic``) names the optimizer where a non-finite step is counted."""
         weights = micro_batch_weights([mb.response_mask for mb in micro_batches], "token")
+        loss_name = "policy loss" if name == "actor" else "value loss"
         return self.optimizer_step_over(
-            optimizer, module, micro_batches, loss_fn, weights, self.hparams.max_grad_norm
+            optimizer, module, micro_batches, loss_fn, weights, self.hparams.max_grad_norm, name, loss_name
         )
 
     # -- optimizers, checkpoint, export -----------------------------------------------------------------------------

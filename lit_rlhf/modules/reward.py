@@ -21,18 +21,21 @@ from lit_rlhf.models.scoring import (
     shared_prompt_token_scores,
     token_scores,
 )
-from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
+from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
+from lit_rlhf.modules.checks import check_reward_options
+from lit_rlhf.modules.nonfinite import GuardedModule
 from lit_rlhf.tables import log_table, scalar_step
 
 
-class RewardModule(RLHFModule):
+class RewardModule(GuardedModule):
     """A reward model trained with ``-log sigmoid(r_chosen - r_rejected - margin)`` (+ optional centring).
 
     The model is an ``AutoModelForSequenceClassification`` with one label (the format TRL and OpenRLHF reward
     models use), initialised from the SFT export, scored at the EOS that ends each response.
 
     Logs ``train/{loss,accuracy,margin,chosen_reward_mean,chosen_reward_std,rejected_reward_mean,
-    rejected_reward_std,lr}`` and the same under ``val/`` over the whole validation set, ``val/accuracy/<type>``
+    rejected_reward_std,lr}``, ``train/nonfinite_steps`` (steps skipped for a non-finite loss or gradient:
+    :class:`GuardedModule`) and the same under ``val/`` over the whole validation set, ``val/accuracy/<type>``
     per ``pair_type`` when rows have one (the arithmetic pairs do), and a sample table of pairs with both scores.
     At the end of fit, records the mean and std of its scores on the DataModule's
     :meth:`~lit_rlhf.data.base.RLHFDataModule.normalization_dataloader` responses (the validation responses; for
@@ -73,6 +76,10 @@ class RewardModule(RLHFModule):
         adamw_implementation: ``fused`` (one kernel per step, CPU and CUDA; the Hugging Face Trainer's default),
             ``foreach`` or ``for_loop``; ``null`` leaves torch's choice (``foreach`` on CUDA, ``for_loop`` on CPU).
         num_logged_pairs: rows of the sample table written each validation.
+        max_nonfinite_steps: a step whose loss or gradient is not finite is skipped (no weight and no optimizer state
+            moves; the step still counts for ``max_steps`` and the LR schedule) and counted
+            (``train/nonfinite_steps``); this many steps in a row stop the run with an error naming the last one.
+            ``null`` never stops.
     """
 
     def __init__(
@@ -98,10 +105,13 @@ class RewardModule(RLHFModule):
         min_lr_ratio: float = 0.0,
         adamw_implementation: AdamWImplementation | None = None,
         num_logged_pairs: int = 8,
+        max_nonfinite_steps: int | None = 3,
     ) -> None:
         super().__init__()
+        check_reward_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         self.save_hyperparameters()
+        self.setup_nonfinite_guard({"model": "learning_rate"}, max_nonfinite_steps, "the pairs and their margins")
         source = tokenizer_name_or_path or model_name_or_path
         self.tokenizer = load_tokenizer(source, pad_with_eos=False, trust_remote_code=trust_remote_code)
         ensure_distinct_pad(self.tokenizer, pad_token, source)
@@ -188,6 +198,7 @@ class RewardModule(RLHFModule):
         for name in ("margin", "chosen_mean", "chosen_std", "rejected_mean", "rejected_std"):
             self.log(f"train/{_metric_name(name)}", getattr(stats, name), batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        self.watch_loss(loss, batch_idx)  # checked with the gradients before the optimizer step
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -208,6 +219,13 @@ class RewardModule(RLHFModule):
             pair_type = str(row.get("pair_type", ""))
             self._samples.append((row["prompt"], row["chosen"], row["rejected"], *scores, pair_type))
 
+    def on_validation_start(self) -> None:
+        # One metric per pair type of the whole validation set, created in the same order on every rank: under DDP a
+        # rank whose shard lacks a type still joins that metric's sync, and the syncs pair up type by type.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for pair_type in sorted({str(ex["row"]["pair_type"]) for ex in _val_examples(datamodule) if _pair_type(ex)}):
+            self.lazy_mean_metric(self.val_by_type, pair_type)
+
     def on_validation_epoch_end(self) -> None:
         chosen, rejected, margin = (m.compute() for m in (self.val_chosen, self.val_rejected, self.val_margin))
         margin = margin if bool(margin.any()) else None
@@ -217,8 +235,9 @@ class RewardModule(RLHFModule):
         for name in ("margin", "chosen_mean", "chosen_std", "rejected_mean", "rejected_std"):
             self.log(f"val/{_metric_name(name)}", getattr(stats, name))
         self.reset_metrics(self.val_chosen, self.val_rejected, self.val_margin)
-        for pair_type, metric in self.val_by_type.items():
-            if metric.update_count:
+        distributed = self.trainer.world_size > 1
+        for pair_type, metric in sorted(self.val_by_type.items()):
+            if distributed or metric.update_count:  # under DDP every rank syncs every metric, in the same order
                 self.log(f"val/accuracy/{pair_type}", metric.compute())
             self.reset_metrics(metric)
         if self._samples and not self.trainer.sanity_checking:
@@ -268,3 +287,15 @@ class RewardModule(RLHFModule):
 def _metric_name(stat: str) -> str:
     """``chosen_mean`` -> ``chosen_reward_mean``; ``margin`` stays."""
     return stat.replace("_mean", "_reward_mean").replace("_std", "_reward_std")
+
+
+def _val_examples(datamodule: Any) -> list[Any]:
+    """The validation examples of ``datamodule`` (empty when it has none loaded)."""
+    examples = getattr(datamodule, "val_dataset", None) if datamodule is not None else None
+    return list(examples) if examples is not None else []
+
+
+def _pair_type(example: Any) -> bool:
+    """Whether a validation example carries a ``pair_type`` (the arithmetic pairs do)."""
+    row = example.get("row") if isinstance(example, dict) else None
+    return isinstance(row, dict) and row.get("pair_type") is not None

@@ -20,15 +20,18 @@ from lit_rlhf.functional.sft import (
 from lit_rlhf.generation import generate_for_batch
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.models.padding_free import check_padding_free
-from lit_rlhf.modules.base import AdamWImplementation, RLHFModule, adamw_flags
+from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
+from lit_rlhf.modules.checks import check_sft_options
+from lit_rlhf.modules.nonfinite import GuardedModule
 from lit_rlhf.rollout import packed_logits_at, takes_logits_to_keep
 from lit_rlhf.tables import log_table, scalar_step
 
 
-class SFTModule(RLHFModule):
+class SFTModule(GuardedModule):
     """Next-token cross-entropy on response tokens only (prompt and padding masked with -100).
 
-    Logs ``train/loss`` (progress bar), ``train/perplexity``, ``train/token_accuracy``, ``train/lr``; on validation
+    Logs ``train/loss`` (progress bar), ``train/perplexity``, ``train/token_accuracy``, ``train/lr``,
+    ``train/nonfinite_steps`` (steps skipped for a non-finite loss or gradient: :class:`GuardedModule`); on validation
     ``val/loss``, ``val/perplexity``, ``val/token_accuracy`` (token-weighted over the whole set), greedy samples as a
     sample table (every logger and ``samples.jsonl``: :mod:`lit_rlhf.tables`), and, when the DataModule has a
     verifier, its gold metrics (``val/exact_match``...).
@@ -65,6 +68,10 @@ class SFTModule(RLHFModule):
         max_new_tokens: generation length for validation samples.
         generate_val_batches: validation batches to generate for (gold metrics, samples); ``null`` = all, 0 = none.
         num_logged_samples: rows of the sample table written each validation.
+        max_nonfinite_steps: a step whose loss or gradient is not finite is skipped (no weight and no optimizer state
+            moves; the step still counts for ``max_steps`` and the LR schedule) and counted
+            (``train/nonfinite_steps``); this many steps in a row stop the run with an error naming the last one.
+            ``null`` never stops.
     """
 
     def __init__(
@@ -88,14 +95,13 @@ class SFTModule(RLHFModule):
         max_new_tokens: int = 64,
         generate_val_batches: int | None = None,
         num_logged_samples: int = 8,
+        max_nonfinite_steps: int | None = 3,
     ) -> None:
         super().__init__()
+        check_sft_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
-        if length_chunks < 1:
-            raise ValueError(f"length_chunks must be >= 1, got {length_chunks}")
-        if padding_free and length_chunks > 1:
-            raise ValueError("choose padding_free or length_chunks > 1, not both (padding_free leaves no padding)")
         self.save_hyperparameters()
+        self.setup_nonfinite_guard({"model": "learning_rate"}, max_nonfinite_steps, "the training rows")
         self.tokenizer = load_tokenizer(
             tokenizer_name_or_path or model_name_or_path, trust_remote_code=trust_remote_code
         )
@@ -128,6 +134,7 @@ class SFTModule(RLHFModule):
         self.log("train/perplexity", stats.loss.exp(), batch_size=size)
         self.log("train/token_accuracy", stats.num_correct / stats.num_tokens.clamp(min=1), batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        self.watch_loss(loss, batch_idx)  # checked with the gradients before the optimizer step
         return loss
 
     def _batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, SFTStats]:

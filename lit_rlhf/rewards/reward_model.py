@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from lit_rlhf.data.tokenization import encode_prompt
+from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.padding import pad_right
 from lit_rlhf.models.loading import load_tokenizer
-from lit_rlhf.models.scoring import load_reward_model, reward_normalization, sequence_scores
+from lit_rlhf.models.scoring import check_reward_normalization, load_reward_model, reward_normalization, sequence_scores
 from lit_rlhf.rewards.base import RewardSource
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,12 @@ class RewardModelReward(RewardSource):
     training, so the score is read where the reward model learned to read it; a truncated one does not.
 
     Args:
-        model_name_or_path: reward-model folder or hub name.
+        model_name_or_path: reward-model folder or hub name: a sequence classifier with one label (a causal LM is
+            refused: its score head would be random).
         tokenizer_name_or_path: where its tokenizer lives if not beside it.
         normalize: subtract the mean and divide by the std recorded in the export's
-            ``config.reward_normalization`` (a warning says when there is none and raw scores are used).
+            ``config.reward_normalization`` (a warning says when there is none and raw scores are used; a recorded
+            std that is zero or not finite is refused).
         batch_size: sequences per forward pass.
         max_length: longest prompt + completion in reward-model tokens; longer ones keep their end.
         use_chat_template: wrap the prompt in the reward model tokenizer's chat template (as in its training).
@@ -57,6 +60,12 @@ class RewardModelReward(RewardSource):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        for option, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(
+                    f"{type(self).__name__} ({model_name_or_path}): init_args.{option} must be >= 1, got {value!r}; "
+                    "set it on this reward source in the config file"
+                )
         self.tokenizer = load_tokenizer(
             tokenizer_name_or_path or model_name_or_path, pad_with_eos=True, trust_remote_code=trust_remote_code
         )
@@ -66,6 +75,7 @@ class RewardModelReward(RewardSource):
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
+            require_score_head=True,
         ).eval()
         self.model.requires_grad_(False)
         self.batch_size = batch_size
@@ -75,6 +85,8 @@ class RewardModelReward(RewardSource):
         stats = reward_normalization(self.model) if normalize else None
         if normalize and stats is None:
             log.warning("%s has no reward_normalization in its config; using raw scores", model_name_or_path)
+        if stats is not None:
+            check_reward_normalization(stats, model_name_or_path)
         self.mean = float(stats["mean"]) if stats else 0.0
         self.std = float(stats["std"]) if stats else 1.0
 

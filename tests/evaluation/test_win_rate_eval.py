@@ -1,5 +1,5 @@
 import pytest
-from transformers import AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from lit_rlhf.evaluation import (
     LLMPairwiseJudge,
@@ -102,8 +102,10 @@ def test_long_prompts_keep_their_end_within_the_context(tmp_path, caplog):
 
 
 def test_a_reward_model_judge_gives_its_own_preferences_in_both_orders(models, tmp_path):
-    # A tiny GPT-2 read as a reward model (a fresh random head): it scores "2" and "xxxx" differently per prompt.
-    judge = RewardModelJudge(save_tiny_gpt2(str(tmp_path / "rm"), TEXTS))
+    # A tiny GPT-2 saved as a reward model with a random head: it scores "2" and "xxxx" differently per prompt.
+    rm = save_tiny_gpt2(str(tmp_path / "rm"), TEXTS)
+    GPT2ForSequenceClassification.from_pretrained(rm, num_labels=1).save_pretrained(rm)
+    judge = RewardModelJudge(rm)
     result = win_rate(models["short"], models["long"], PROMPTS, judge, max_new_tokens=4, ci_method="normal")
     scores = judge.reward(PROMPTS * 2, ["2"] * 5 + ["xxxx"] * 5, [{}] * 10).tolist()
     policy_better = [scores[i] > scores[i + 5] for i in range(5)]  # by hand: the policy's score against the other

@@ -15,8 +15,11 @@ def kernel(model):
 
 def test_every_loaded_model_uses_the_asked_kernel_and_ppo_trains_with_it(tmp_path, policy_dir):
     assert kernel(SFTModule(model_config=TINY_MODEL_CONFIG, attn_implementation="eager").model) == "eager"
-    assert kernel(RewardModule(model_config=TINY_MODEL_CONFIG, attn_implementation="eager").model) == "eager"
-    assert kernel(RewardModelReward(policy_dir, normalize=False, attn_implementation="eager").model) == "eager"
+    reward_module = RewardModule(model_config=TINY_MODEL_CONFIG, attn_implementation="eager")
+    assert kernel(reward_module.model) == "eager"
+    rm_dir = str(tmp_path / "rm")
+    reward_module.export_hf(rm_dir)  # a reward model's export: a causal LM is refused as a reward model
+    assert kernel(RewardModelReward(rm_dir, normalize=False, attn_implementation="eager").model) == "eager"
     grpo = GRPOModule(
         [ArithmeticVerifierReward()], policy_name_or_path=policy_dir, beta=0.1, attn_implementation="eager"
     )

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from transformers import GPT2ForSequenceClassification
 
 from lit_rlhf.data.collate import pad_right
 from lit_rlhf.models import build_word_tokenizer
@@ -99,6 +100,7 @@ def test_reward_model_normalises_with_the_recorded_statistics(rm_dir):
 def test_reward_model_with_another_tokenizer_than_the_policy(tmp_path):
     # Only texts cross over from the policy: a GPT-2-style reward model with its own BPE tokenizer reads them.
     path = save_tiny_gpt2(str(tmp_path / "gpt2"), PROMPTS + ["1 3 5 7", "2 4"])
+    GPT2ForSequenceClassification.from_pretrained(path, num_labels=1).save_pretrained(path)  # as a reward model
     reward = RewardModelReward(path, normalize=False, max_length=8)
     scores = reward(PROMPTS, ["1 3 5 7", "2 4", "3 4 5"], ROWS)
     assert scores.shape == (3,) and torch.isfinite(scores).all()
