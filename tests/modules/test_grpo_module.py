@@ -93,27 +93,53 @@ class Recorder(L.Callback):
         self.values[pl_module.iteration] = (metrics["loss/policy"].item(), metrics["reward"].item())
 
 
+class TrainingState(L.Callback):
+    """Per iteration: the learning rate it used and its KL to the reference; at the end, the optimizer's rates."""
+
+    def __init__(self):
+        self.values, self.final_lrs = {}, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        metrics = trainer.callback_metrics
+        self.values[pl_module.iteration] = (float(metrics["lr"]), float(metrics["kl"]))
+
+    def on_train_end(self, trainer, pl_module):
+        self.final_lrs = [[group["lr"] for group in opt.param_groups] for opt in trainer.optimizers]
+
+
 def test_resume_continues_the_same_run(tmp_path, policy_dir):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    full = Recorder()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
-    module, data, trainer = make(tmp_path / "a", policy_dir, iterations=4)
-    trainer.callbacks += [full, ckpt]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(module, data)
-    # Lightning's advice to checkpoint the weights from before the step does not apply: everything is after it.
-    assert not [w for w in caught if "manual optimization and every_n_train_steps" in str(w.message)]
-
-    resumed = Recorder()
-    module, data, trainer = make(tmp_path / "b", policy_dir, iterations=4)
-    trainer.callbacks += [resumed]
-    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))
-    assert sorted(resumed.values) == [3, 4]
+    # A schedule that changes every iteration (warmup, then linear decay): a resume that restarted it would use
+    # other rates after the checkpoint.
+    options = {"warmup_steps": 1, "lr_schedule": "linear", "min_lr_ratio": 0.1}
+    runs = []
+    for name, ckpt_path in (("a", None), ("b", str(tmp_path / "ckpt" / "step=2.ckpt"))):
+        recorder, state = Recorder(), TrainingState()
+        module, data, trainer = make(tmp_path / name, policy_dir, iterations=4, **options)
+        trainer.callbacks += [recorder, state]
+        if ckpt_path is None:
+            trainer.callbacks.append(
+                ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(module, data, ckpt_path=ckpt_path)
+        # Lightning's advice to checkpoint the weights from before the step does not apply: everything is after it.
+        assert not [w for w in caught if "manual optimization and every_n_train_steps" in str(w.message)]
+        runs.append((recorder, state))
+    (full, full_state), (resumed, resumed_state) = runs
+    assert sorted(resumed.values) == sorted(resumed_state.values) == [3, 4]
     for iteration, (loss, reward) in resumed.values.items():
         assert loss == pytest.approx(full.values[iteration][0], abs=1e-6), iteration
         assert reward == pytest.approx(full.values[iteration][1], abs=1e-6), iteration
+        lr, kl = resumed_state.values[iteration]
+        assert lr == full_state.values[iteration][0], iteration  # exactly the uninterrupted run's rate
+        assert kl == pytest.approx(full_state.values[iteration][1], abs=1e-7), iteration
+    assert resumed_state.final_lrs == full_state.final_lrs
+    # Not trivially equal: every iteration used another rate, and the policy moved away from the reference.
+    assert len({full_state.values[i][0] for i in range(1, 5)}) == 4
+    assert all(full_state.values[i][1] > 0 for i in (3, 4))
 
 
 @pytest.mark.parametrize("averaging", ["token", "sequence"])

@@ -83,28 +83,56 @@ class Recorder(L.Callback):
         self.values[pl_module.iteration] = (metrics["loss/policy"].item(), metrics["objective/score"].item())
 
 
+class TrainingState(L.Callback):
+    """Per iteration: the KL coefficient after it and the learning rates it used; at the end, each optimizer's rate."""
+
+    def __init__(self):
+        self.values, self.final_lrs = {}, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        metrics = trainer.callback_metrics
+        self.values[pl_module.iteration] = tuple(
+            float(metrics[name]) for name in ("objective/kl_coef", "lr/actor", "lr/critic")
+        )
+
+    def on_train_end(self, trainer, pl_module):
+        self.final_lrs = [[group["lr"] for group in opt.param_groups] for opt in trainer.optimizers]
+
+
 def test_resume_continues_the_same_run(tmp_path, policy_dir):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    full = Recorder()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
-    module, data, trainer = make(tmp_path / "a", policy_dir, iterations=4, adaptive_kl_target=1.0)
-    trainer.callbacks += [full, ckpt]
-    trainer.fit(module, data)
-    final_kl_coef = module.kl_controller.value
-
-    resumed = Recorder()
-    module, data, trainer = make(tmp_path / "b", policy_dir, iterations=4, adaptive_kl_target=1.0)
-    trainer.callbacks += [resumed]
-    trainer.fit(module, data, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))
-    assert sorted(resumed.values) == [3, 4]
+    # A schedule that changes every iteration (warmup, then cosine decay), different peak rates for actor and critic,
+    # and an adaptive KL coefficient: a resume that restarted any of them would show in the values compared below.
+    options = {"adaptive_kl_target": 1.0, "warmup_steps": 1, "lr_schedule": "cosine", "min_lr_ratio": 0.1}
+    runs = []
+    for name, ckpt_path in (("full", None), ("resumed", str(tmp_path / "ckpt" / "step=2.ckpt"))):
+        recorder, state = Recorder(), TrainingState()
+        module, data, trainer = make(tmp_path / name, policy_dir, iterations=4, **options)
+        module.hparams.critic_learning_rate = 3e-3
+        trainer.callbacks += [recorder, state]
+        if ckpt_path is None:
+            trainer.callbacks.append(
+                ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+            )
+        trainer.fit(module, data, ckpt_path=ckpt_path)
+        runs.append((recorder, state, module.kl_controller.value))
+    (full, full_state, full_kl_coef), (resumed, resumed_state, resumed_kl_coef) = runs
+    assert sorted(resumed.values) == sorted(resumed_state.values) == [3, 4]
     for iteration, (loss, score) in resumed.values.items():
         assert loss == pytest.approx(full.values[iteration][0], abs=1e-6), iteration
         assert score == pytest.approx(full.values[iteration][1], abs=1e-6), iteration
-    # The adaptive coefficient moved, and the resumed run continued it from the checkpoint to the same end value
-    # (a controller reset at the resume would end elsewhere: it moves multiplicatively with each iteration's KL).
-    assert final_kl_coef != 0.05
-    assert module.kl_controller.value == pytest.approx(final_kl_coef, rel=1e-9)
+        # KL coefficient and both learning rates exactly as in the uninterrupted run
+        assert resumed_state.values[iteration] == full_state.values[iteration], iteration
+    assert resumed_state.final_lrs == full_state.final_lrs
+    assert resumed_kl_coef == full_kl_coef
+    # Not trivially equal: the coefficient moved each iteration, and each rate differs between iterations and models.
+    kl_coefs = [full_state.values[i][0] for i in range(1, 5)]
+    assert len(set(kl_coefs)) == 4 and 0.05 not in kl_coefs
+    actor_lrs = [full_state.values[i][1] for i in range(1, 5)]
+    critic_lrs = [full_state.values[i][2] for i in range(1, 5)]
+    assert len(set(actor_lrs)) == 4 and len(set(critic_lrs)) == 4
+    assert actor_lrs[2:] != critic_lrs[2:]
 
 
 def test_gradient_accumulation_gives_the_same_update(tmp_path, policy_dir):
