@@ -52,8 +52,8 @@ def timed_lit_run(
     """:func:`timed_fit` with a :class:`TrainTimer` (and its time budget, if any), then what the run left.
 
     Returns:
-        ``{"wall": process seconds, "timer": the TrainTimer's JSON, "scalars": {tag: [(step, value)]},
-        "config": the resolved config.yaml}``.
+        ``{"wall": process seconds, "timer": the TrainTimer's JSON, "run_dir": the run folder (its ``hf/`` export),
+        "scalars": {tag: [(step, value)]}, "config": the resolved config.yaml}``.
     """
     import glob
     import json
@@ -81,6 +81,7 @@ def timed_lit_run(
     return {
         "wall": wall,
         "timer": timer,
+        "run_dir": run_dir,
         "scalars": read_events(run_dir)[0],
         "config": read_config(os.path.join(run_dir, "config.yaml")),
     }

@@ -15,6 +15,7 @@ Run with the repository's ``.venv``:
     .venv/bin/python benchmarks/sft_arithmetic_trl.py --threads 1                  # the config's 600 steps, 3 runs
     .venv/bin/python benchmarks/sft_arithmetic_trl.py --steps 20 --runs 1          # a quick check
     .venv/bin/python benchmarks/sft_arithmetic_trl.py --runs 3 --out docs/benchmarks.md
+    .venv/bin/python benchmarks/sft_arithmetic_trl.py --runs 5 --vary-seed          # exact-match over 5 seeds
 
 What runs (per run; runs alternate TRL, lit_rlhf):
 
@@ -25,14 +26,21 @@ What runs (per run; runs alternate TRL, lit_rlhf):
 2. ``benchmarks/_trl_sft_worker.py`` runs in the TRL venv: ``SFTTrainer`` with ``completion_only_loss=True``, no
    packing, fp32, no gradient checkpointing, the config's batch size, steps, LR, weight decay, warmup, schedule
    (``cosine_with_min_lr``) and gradient clipping; it checks that TRL's tokenization gives lit_rlhf's token ids and
-   supervises the same tokens, then answers the 512 held-out prompts greedily. Timed: ``trainer.train()`` alone.
+   supervises the same tokens, then answers the 512 held-out prompts greedily and saves the trained model. Timed:
+   ``trainer.train()`` alone.
 3. ``python train.py fit --config configs/arithmetic/sft.yaml --model.init_args.model_name_or_path <that folder>``,
    validating once, after the last step (no sanity check). Timed: first training batch start to last training
    batch end (a callback), so loading, validation and export are left out. Held-out exact-match: its
    ``val/exact_match`` (greedy, ``max_new_tokens`` from the config).
 
 samples/s = steps x batch size / training seconds. Held-out exact-match uses lit_rlhf's ``arithmetic_task.exact_match``
-for both systems. The table gives the median over ``--runs`` and the ratio of medians.
+for both systems; "one scorer" is the exact-match of both systems' final weights (TRL's saved model, lit_rlhf's
+``hf/`` export) by the same code, lit_rlhf's greedy generation over all held-out prompts as one batch. The tables
+give the median over ``--runs``, the ratio of medians, and per run the two systems' one-scorer exact-match and their
+difference (with ``--vary-seed``, run ``r`` starts both from the model of seed ``seed + r``; TRL's batch order
+follows that seed, lit_rlhf's the data seed of the config, so lit_rlhf's order is the same in every run).
+
+Whether the two systems compute the same training steps at all: ``benchmarks/sft_trl_parity.py``.
 """
 
 from __future__ import annotations
@@ -73,8 +81,12 @@ What differs between the two rows (not tuned away here):
 - Warmup: lit_rlhf's step s of warmup uses (s+1)/(warmup+1) of the LR (never 0); Hugging Face's uses s/warmup (the
   first step has LR 0). After warmup both follow cosine to {min_lr_ratio} x LR at step {steps}.
 - Per-step extras: TRL's SFTTrainer computes entropy and token accuracy each step; lit_rlhf logs loss, perplexity,
-  token accuracy and LR each step. Both: AdamW (no decay on biases and norms), clip at norm 1, token-mean loss on
-  completion tokens (EOS included), fp32.
+  token accuracy and LR each step.
+
+The same in both (benchmarks/sft_trl_parity.py checks it): the loss (the sum of the completion tokens' cross-entropy,
+EOS included, over the batch's supervised-token count), its gradients (padded and padding-free), the AdamW groups
+(no decay on biases and norms), betas, eps and kernel (fused), clipping at norm 1, fp32. Given Hugging Face's warmup
+and the same batches, lit_rlhf takes TRL's training steps to float rounding.
 """
 
 
@@ -119,12 +131,10 @@ def write_rows(data_dir: str, model_dir: str, data_args: dict) -> tuple[list[dic
     return heldout, len(data.train_dataset)
 
 
-def run_trl(
-    args: argparse.Namespace, s: dict, tmp: str, model_dir: str, heldout: list[dict], run: int, seed: int
-) -> dict:
-    out = os.path.join(tmp, f"trl_result_{run}.json")
-    command = [
-        args.trl_python,
+def trl_command(trl_python: str, s: dict, tmp: str, model_dir: str, out: str, seed: int, threads: int) -> list[str]:
+    """The command line of ``_trl_sft_worker.py`` for the settings ``s`` (see :func:`main`)."""
+    return [
+        trl_python,
         WORKER,
         "--data-dir",
         tmp,
@@ -155,8 +165,16 @@ def run_trl(
         "--seed",
         str(seed),
         "--threads",
-        str(args.threads),
+        str(threads),
     ]
+
+
+def run_trl(
+    args: argparse.Namespace, s: dict, tmp: str, model_dir: str, heldout: list[dict], run: int, seed: int
+) -> dict:
+    out = os.path.join(tmp, f"trl_result_{run}.json")
+    trained = os.path.join(tmp, f"trl_model_{run}")
+    command = trl_command(args.trl_python, s, tmp, model_dir, out, seed, args.threads) + ["--save-model", trained]
     result, wall = run_worker(command, out, os.path.join(tmp, f"trl_worker_{run}.log"))
     losses = [entry["loss"] for entry in result["logs"] if "loss" in entry]
     return {
@@ -165,11 +183,23 @@ def run_trl(
         "train_s": result["train_s"],
         "samples_per_s": result["samples"] / result["train_s"],
         "exact_match": exact_match_rate(result["completions"], heldout),
+        "exact_match_one_scorer": one_scorer(trained, s),
+        "seed": seed,
         "eos_rate": sum(result["eos"]) / len(heldout),
         "final_loss": losses[-1] if losses else float("nan"),
         "process_s": wall,
         "detail": result,
     }
+
+
+def one_scorer(policy: str, s: dict) -> float:
+    """Held-out exact-match of the trained model in ``policy`` (a ``save_pretrained`` folder), by the same code for
+    both systems: lit_rlhf's greedy generation on all held-out prompts as one batch, and its verifier."""
+    from benchmarks.common import greedy_arithmetic, held_out_arithmetic
+
+    model, tokenizer, batch = held_out_arithmetic(policy, s["num_val"], s["data_seed"])
+    _, right = greedy_arithmetic(model, tokenizer, batch, s["max_new_tokens"])
+    return sum(right) / len(right)
 
 
 def run_lit(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, run: int, seed: int) -> dict:
@@ -198,6 +228,8 @@ def run_lit(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, run: in
         "train_s": timer["train_s"],
         "samples_per_s": timer["batches"] * s["batch_size"] / timer["train_s"],
         "exact_match": last.get("val/exact_match", float("nan")),
+        "exact_match_one_scorer": one_scorer(os.path.join(lit_run["run_dir"], "hf"), s),
+        "seed": seed,
         "eos_rate": last.get("val/eos_rate", float("nan")),
         "final_loss": last.get("train/loss", float("nan")),
         "process_s": wall,
@@ -207,8 +239,9 @@ def run_lit(args: argparse.Namespace, s: dict, tmp: str, model_dir: str, run: in
 def markdown(rows_by_system: dict[str, list[dict]]) -> str:
     lines = [
         "| system | runs | steps | train s (median) | samples/s (median) | samples/s (all runs) | held-out exact-match "
-        "(median) | exact-match (all runs) | EOS rate | last logged train loss | process wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "(median) | exact-match (all runs) | one scorer (all runs) | EOS rate | last logged train loss "
+        "| process wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     medians = {}
     for system, rows in rows_by_system.items():
@@ -217,10 +250,10 @@ def markdown(rows_by_system: dict[str, list[dict]]) -> str:
         medians[system] = speed
         all_speeds = ", ".join(f"{r['samples_per_s']:.0f}" for r in rows)
         all_em = ", ".join(f"{r['exact_match']:.1%}" for r in rows)
+        one_scorer_em = ", ".join(f"{r['exact_match_one_scorer']:.1%}" for r in rows)
         lines.append(
             f"| {system} | {len(rows)} | {rows[0]['steps']} | {statistics.median(r['train_s'] for r in rows):.1f} "
-            f"| {speed:.0f} | {all_speeds} | {em:.1%} "
-            f"| {all_em} "
+            f"| {speed:.0f} | {all_speeds} | {em:.1%} | {all_em} | {one_scorer_em} "
             f"| {statistics.median(r['eos_rate'] for r in rows):.1%} "
             f"| {statistics.median(r['final_loss'] for r in rows):.4f} "
             f"| {statistics.median(r['process_s'] for r in rows):.0f} |"
@@ -229,7 +262,60 @@ def markdown(rows_by_system: dict[str, list[dict]]) -> str:
         (a, va), (b, vb) = medians.items()
         lines.append("")
         lines.append(f"samples/s ratio, {b} / {a} (medians): {vb / va:.2f}x")
+        lines += ["", *seed_table(rows_by_system[a], rows_by_system[b], a, b)]
     return "\n".join(lines)
+
+
+def seed_table(first: list[dict], second: list[dict], first_name: str, second_name: str) -> list[str]:
+    """Per-run exact-match of both systems (the one scorer), their difference, and its mean and spread."""
+    lines = [
+        f"| run | seed | {first_name} | {second_name} | difference |",
+        "|---|---|---|---|---|",
+    ]
+    diffs = []
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        diff = b["exact_match_one_scorer"] - a["exact_match_one_scorer"]
+        diffs.append(diff)
+        lines.append(
+            f"| {i + 1} | {a['seed']} | {a['exact_match_one_scorer']:.1%} | {b['exact_match_one_scorer']:.1%} "
+            f"| {diff * 100:+.1f} |"
+        )
+    for name, rows in ((first_name, first), (second_name, second)):
+        values = [r["exact_match_one_scorer"] for r in rows]
+        spread = f", standard deviation {statistics.stdev(values):.1%}" if len(values) > 1 else ""
+        lines.append(
+            f"| {name} | | mean {statistics.mean(values):.1%}, median {statistics.median(values):.1%}{spread} | | |"
+        )
+    if len(diffs) > 1:
+        error = statistics.stdev(diffs) / len(diffs) ** 0.5
+        lines.append(
+            f"| difference | | | | mean {statistics.mean(diffs) * 100:+.1f} points, standard error {error * 100:.1f} "
+            f"({sum(d > 0 for d in diffs)} of {len(diffs)} runs above) |"
+        )
+    return lines
+
+
+def config_settings(lit_config: str, steps: int | None) -> tuple[dict, dict]:
+    """The lit_rlhf config and the settings both systems get from it (``steps`` overrides its ``max_steps``)."""
+    config = read_config(lit_config)
+    model_args, data_args = config["model"]["init_args"], config["data"]["init_args"]
+    if model_args.get("model_name_or_path", "tiny-arithmetic") != "tiny-arithmetic" or model_args.get("model_config"):
+        sys.exit(f"{lit_config} does not build the default tiny-arithmetic model; this benchmark expects it")
+    return config, {
+        "steps": steps or config["trainer"]["max_steps"],
+        "batch_size": data_args["batch_size"],
+        "learning_rate": model_args["learning_rate"],
+        "weight_decay": model_args.get("weight_decay", 0.0),
+        "warmup_steps": model_args.get("warmup_steps", 0),
+        "lr_schedule": model_args.get("lr_schedule", "cosine"),
+        "min_lr_ratio": model_args.get("min_lr_ratio", 0.0),
+        "max_grad_norm": config["trainer"].get("gradient_clip_val") or 0.0,
+        "max_length": data_args["max_length"],
+        "max_new_tokens": model_args.get("max_new_tokens", 64),
+        "seed": config.get("seed_everything", 1234),
+        "num_val": data_args["num_val"],
+        "data_seed": data_args.get("seed", 1234),
+    }
 
 
 def main() -> None:
@@ -246,7 +332,11 @@ def main() -> None:
     parser.add_argument(
         "--vary-seed",
         action="store_true",
-        help="run r uses seed + r (start model, data order) for both systems: medians over seeds, not only timings",
+        help="run r uses seed + r (start model; TRL's data order) for both systems: medians over seeds, not only "
+        "timings",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the start model and of the runs (default: the config's)"
     )
     parser.add_argument("--skip-lit", action="store_true", help="run the TRL side only")
     parser.add_argument("--skip-trl", action="store_true", help="run the lit_rlhf side only")
@@ -258,23 +348,10 @@ def main() -> None:
     if not args.skip_trl and not os.path.isfile(args.trl_python):
         sys.exit(f"{args.trl_python} not found; set up TRL's venv from the repository root:\n  {SETUP}")
 
-    config = read_config(args.lit_config)
-    model_args, data_args = config["model"]["init_args"], config["data"]["init_args"]
-    if model_args.get("model_name_or_path", "tiny-arithmetic") != "tiny-arithmetic" or model_args.get("model_config"):
-        sys.exit(f"{args.lit_config} does not build the default tiny-arithmetic model; this benchmark expects it")
-    s = {
-        "steps": args.steps or config["trainer"]["max_steps"],
-        "batch_size": data_args["batch_size"],
-        "learning_rate": model_args["learning_rate"],
-        "weight_decay": model_args.get("weight_decay", 0.0),
-        "warmup_steps": model_args.get("warmup_steps", 0),
-        "lr_schedule": model_args.get("lr_schedule", "cosine"),
-        "min_lr_ratio": model_args.get("min_lr_ratio", 0.0),
-        "max_grad_norm": config["trainer"].get("gradient_clip_val") or 0.0,
-        "max_length": data_args["max_length"],
-        "max_new_tokens": model_args.get("max_new_tokens", 64),
-        "seed": config.get("seed_everything", 1234),
-    }
+    config, s = config_settings(args.lit_config, args.steps)
+    data_args = config["data"]["init_args"]
+    if args.seed is not None:
+        s["seed"] = args.seed
 
     seed_note = " + run index" if args.vary_seed else ""
     busy = load_warning()

@@ -220,3 +220,23 @@ def test_padding_free_trains_and_refuses_bad_settings(tmp_path):
         SFTModule(model_config=TINY_MODEL_CONFIG, padding_free=True, length_chunks=2)
     with pytest.raises(ValueError, match="gradient checkpointing"):
         SFTModule(model_config=TINY_MODEL_CONFIG, padding_free=True, gradient_checkpointing=True)
+
+
+def test_optimizer_is_the_hugging_face_trainers_adamw_recipe():
+    """The same parameters decayed as the Trainer's name-based rule (what TRL's SFTTrainer uses), with its AdamW
+    betas and eps: ``benchmarks/sft_trl_parity.py`` shows the two systems then take the same steps."""
+    from transformers import Trainer, TrainingArguments
+
+    module = SFTModule(model_config=TINY_MODEL_CONFIG, weight_decay=0.01, adamw_implementation="fused")
+    optimizer, _ = module.model_optimizer(total_steps=10)
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    hf_names = set(Trainer.get_decay_parameter_names(None, module.model))  # tied weights under both names
+    hf_decayed = {id(p) for n, p in module.model.named_parameters(remove_duplicate=False) if n in hf_names}
+    assert decayed == hf_decayed and 0 < len(decayed) < len(list(module.model.parameters()))
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.model.parameters()))
+    defaults = TrainingArguments.__dataclass_fields__
+    for group in optimizer.param_groups:
+        assert group["betas"] == (defaults["adam_beta1"].default, defaults["adam_beta2"].default)
+        assert group["eps"] == defaults["adam_epsilon"].default
+        assert group["fused"]  # the Trainer's default optim is adamw_torch_fused
+        assert group["weight_decay"] in (0.0, 0.01)
