@@ -61,3 +61,62 @@ def test_ppo_killed_three_times_ends_as_the_uninterrupted_run(tmp_path):
     assert report["tag_differences"] == [] and report["repeated_steps"] == [], report  # each step once, same values
     assert report["sample_rows"] > 0 and not report["sample_differences"], report
     assert report["temp_files"] == [], report
+
+
+TINY_STAGES = {
+    "sft": (
+        "configs/arithmetic/sft.yaml",
+        {"model.init_args.model_config": TINY_MODEL_CONFIG, "trainer.max_steps": 40},
+        ("hf",),
+    ),
+    "reward": (
+        "configs/arithmetic/reward.yaml",
+        {"data.init_args.pairs": "synthetic", "trainer.max_steps": 40},
+        ("hf",),
+    ),
+    "grpo": (
+        "configs/arithmetic/grpo.yaml",
+        {"model.init_args.num_generations": 4, "data.init_args.batch_size": 4, "trainer.max_steps": 24},
+        ("hf",),
+    ),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(TINY_STAGES))
+def test_sft_reward_and_grpo_killed_once_end_as_the_uninterrupted_run(tmp_path, stage):
+    base, stage_overrides, exports = TINY_STAGES[stage]
+    policy = build_policy(str(tmp_path / "sft" / "hf"), TINY_MODEL_CONFIG)
+    overrides = {
+        "data.init_args.num_train": 128,
+        "data.init_args.num_val": 16,
+        "data.init_args.batch_size": 16,
+        "data.init_args.eval_batch_size": 16,
+        "trainer.val_check_interval": 8,
+        "trainer.enable_progress_bar": False,
+        **stage_overrides,
+    }
+    if stage == "sft":
+        overrides["model.init_args.max_new_tokens"] = 8
+    elif stage == "reward":
+        overrides["model.init_args.model_name_or_path"] = policy
+        overrides["data.init_args.labeller_policy"] = policy
+    else:
+        overrides["model.init_args.policy_name_or_path"] = policy
+        overrides["model.init_args.max_new_tokens"] = 8
+    runs = tmp_path / "runs" / "arithmetic"
+    configs = {
+        name: write_config(str(tmp_path / f"{name}.yaml"), base, str(runs / name), overrides, CHECKPOINT)
+        for name in ("reference", "killed")
+    }
+    finish(launch(configs["reference"]), timeout=600)
+
+    folder = str(runs / "killed" / "checkpoints")
+    process = launch(configs["killed"])
+    hit = kill_at(process, folder, "random", delay=random.Random(stage).uniform(0.0, 0.3))
+    finish(launch(configs["killed"], os.path.join(folder, "last.ckpt")), timeout=600)
+    assert hit is not None  # the kill landed before the run finished
+
+    report = compare_runs(str(runs / "killed"), str(runs / "reference"), exports)
+    assert report["tensors"] > 0 and report["export_differences"] == [], report
+    assert report["tag_differences"] == [] and report["repeated_steps"] == [], report
+    assert report["temp_files"] == [], report
