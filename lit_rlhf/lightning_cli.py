@@ -118,6 +118,25 @@ class LitRLHFCLI(LightningCLI):
             self._resume_where = where
         del checkpoint
 
+    def before_instantiate_classes(self) -> None:
+        """Check the module's option values before anything is built: jsonargparse builds nested classes (a reward
+        model given as ``model.init_args.reward``) before the module, and those may load a model."""
+        from lit_rlhf.modules import checks
+
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        model = config.get("model")
+        if model is None or not model.get("class_path"):
+            return
+        check = {
+            "lit_rlhf.modules.sft.SFTModule": checks.check_sft_options,
+            "lit_rlhf.modules.reward.RewardModule": checks.check_reward_options,
+            "lit_rlhf.modules.ppo.PPOModule": checks.check_ppo_options,
+            "lit_rlhf.modules.grpo.GRPOModule": checks.check_grpo_options,
+        }.get(_qualified_class_name(model["class_path"]))
+        init_args = model.get("init_args")
+        if check is not None and init_args is not None:
+            check(init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args))
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()

@@ -472,3 +472,14 @@ def test_an_invalid_trainer_option_is_a_config_error(tmp_path, option, value, na
     with pytest.raises(ConfigError, match=f"invalid trainer option: .*{named}"):
         cli_main(_set(_sft_args(run_dir), option, value))
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_module_options_are_checked_before_a_nested_reward_model_loads(tmp_path):
+    from lit_rlhf.errors import ConfigError
+
+    missing = str(tmp_path / "no_reward_model")  # loading it would fail with "no such model folder"
+    run_dir = str(tmp_path / "runs" / "arithmetic" / "ppo")
+    args = tiny_cli_args(PPO_CONFIG, run_dir, max_steps=1)
+    args += ["--model.init_args.reward.init_args.model_name_or_path", missing, "--model.init_args.gamma", "2"]
+    with pytest.raises(ConfigError, match="model.init_args.gamma"):
+        cli_main(args)
