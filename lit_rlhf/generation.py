@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.logprobs import logprobs_from_logits
 from lit_rlhf.functional.masking import mask_after_eos
 from lit_rlhf.functional.padding import pad_left, position_ids_from_mask
+from lit_rlhf.sharding import gathered_for_sampling, is_sharded
 
 
 class Generation(NamedTuple):
@@ -95,6 +97,7 @@ def generate(
     return_logprobs: bool = False,
     num_samples: int = 1,
     share_prompt: bool = False,
+    gather_sharded: bool = True,
 ) -> Generation:
     """Generate responses in eval mode (dropout off), restoring the model's train/eval mode afterwards.
 
@@ -118,6 +121,9 @@ def generate(
             cache that is repeated for the prompt's samples, so generation starts from ``num_samples`` copies of
             the cache instead of recomputing the prompt for each (the same logits up to float rounding). Needs a
             model whose ``generate`` takes a ``DynamicCache`` in ``past_key_values`` (Hugging Face decoders do).
+        gather_sharded: for a model sharded with FSDP2, gather its whole weights once and keep them until the end of
+            generation (``False``: gather each block at every generated token, holding one block at a time). Every
+            process of a sharded model must call this together; each keeps stepping until all have finished.
 
     Returns:
         :class:`Generation` with the response part only, ``batch * num_samples`` rows.
@@ -126,31 +132,34 @@ def generate(
         ConfigError: sampling settings it cannot sample with (:func:`check_sampling`).
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p, do_sample=do_sample)
-    share = num_samples > 1 and share_prompt and prompt_ids.size(1) > 1
+    synced = is_sharded(model) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    share = num_samples > 1 and share_prompt and _on_every_process(prompt_ids.size(1) > 1, synced)
     prefix_ids, prefix_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
     prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
     prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        if do_sample
+        else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+    )
     was_training = model.training
     model.eval()
     try:
-        cache = _prefix_cache(model, prefix_ids, prefix_mask, num_samples) if share else None
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-            if do_sample
-            else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
-        )
-        output = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            use_cache=True,
-            return_dict_in_generate=True,
-            output_logits=return_logprobs,
-            **({} if cache is None else {"past_key_values": cache}),
-            **sampling,
-        )
+        with gathered_for_sampling(model, enabled=synced and gather_sharded):
+            cache = _prefix_cache(model, prefix_ids, prefix_mask, num_samples) if share else None
+            output = model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos_token_id,
+                pad_token_id=pad_token_id,
+                use_cache=True,
+                return_dict_in_generate=True,
+                output_logits=return_logprobs,
+                synced_gpus=synced,  # sharded: every process steps until all are done (each step is a collective)
+                **({} if cache is None else {"past_key_values": cache}),
+                **sampling,
+            )
     finally:
         model.train(was_training)
     response = output.sequences[:, prompt_ids.size(1) :]
@@ -168,6 +177,16 @@ def generate(
             logits = torch.stack(output.logits, dim=1) / (temperature if do_sample else 1.0)
             logprobs = torch.where(mask, logprobs_from_logits(logits, response), torch.zeros((), device=mask.device))
     return Generation(response_ids=response, response_mask=mask, has_eos=has_eos, logprobs=logprobs)
+
+
+def _on_every_process(flag: bool, synced: bool) -> bool:
+    """``flag`` when it holds on every process of a synced (sharded) generation, else on this one only: a forward
+    that some processes would skip must be skipped by all."""
+    if not synced:
+        return flag
+    value = torch.tensor([int(flag)], device="cpu" if dist.get_backend() == "gloo" else torch.cuda.current_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
 
 
 def _prefix_cache(model: PreTrainedModel, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, num_samples: int) -> Any:

@@ -23,6 +23,7 @@ from lit_rlhf.data.base import RLHFDataModule
 from lit_rlhf.errors import ConfigError, UserError, debug_requested
 from lit_rlhf.modules.base import RLHFModule
 from lit_rlhf.parse_errors import condense_parse_error
+from lit_rlhf.strategies import check_strategy, check_strategy_name
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` values that Lightning resolves itself (checked when the module loads them)."""
@@ -151,6 +152,10 @@ class LitRLHFCLI(LightningCLI):
         :class:`~lit_rlhf.errors.ConfigError` carrying Lightning's message."""
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+        config = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
+        strategy = (config.get("trainer") or {}).get("strategy")
+        if isinstance(strategy, str):
+            check_strategy_name(strategy, type(self.model).__name__)
         try:
             return super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as err:
@@ -161,6 +166,10 @@ class LitRLHFCLI(LightningCLI):
             raise ConfigError(f"invalid trainer option: {message} {hint}") from err
 
     def after_instantiate_classes(self) -> None:
+        """Refuse a strategy the module cannot train under before any process is launched, and (resuming a fit)
+        another world size than the checkpoint's."""
+        trainer = self.trainer
+        check_strategy(trainer.strategy, type(self.model).__name__, trainer.num_nodes * trainer.num_devices)
         if self._resume_meta is not None and self.subcommand == "fit":
             ckpt_checks.check_run_settings(self._resume_meta, self._resume_where, world_size=self.trainer.world_size)
 

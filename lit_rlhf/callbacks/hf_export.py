@@ -29,7 +29,7 @@ class HFExport(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = self.export_path(trainer)
-        if path is None or not trainer.is_global_zero:
+        if path is None:
             return
-        pl_module.export_hf(path)
+        pl_module.export_hf(path)  # every process: under FSDP2 the weights are gathered to rank 0, which writes
         rank_zero_info(f"Exported the Hugging Face model to {path}")

@@ -7,13 +7,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.data.rows import DataError
 from lit_rlhf.data.sampler import EvalShardSampler, ResumableSampler
 from lit_rlhf.errors import ConfigError
+from lit_rlhf.strategies import is_fsdp2
 
 
 def example_length(example: dict[str, Any]) -> int:
@@ -147,7 +148,9 @@ class RLHFDataModule(L.LightningDataModule):
 
         ``shard`` gives each process its :class:`~lit_rlhf.data.sampler.EvalShardSampler` rows (none repeated, so
         validation metrics count each row once); without it every process reads every row (e.g. the reward model's
-        normalisation statistics, computed on each process alike).
+        normalisation statistics, computed on each process alike). Under FSDP2 every forward is a collective, so every
+        process must run the same number of batches: the split is cut to a multiple of the number of processes (the
+        last ``rows % processes`` rows are left out, with a warning).
 
         Raises:
             DataError: with ``shard``, fewer rows than processes.
@@ -161,7 +164,15 @@ class RLHFDataModule(L.LightningDataModule):
                     f"and each process needs at least one; give at least {world_size} validation rows "
                     "(data.init_args.val, or a larger data.init_args.val_fraction) or run on fewer devices"
                 )
-            sampler = EvalShardSampler(len(dataset), num_replicas=world_size, rank=self.trainer.global_rank)
+            rows = len(dataset)
+            if is_fsdp2(self.trainer.strategy) and rows % world_size:
+                rows -= rows % world_size
+                rank_zero_warn(
+                    f"{type(self).__name__}: under FSDP2 every process validates the same number of rows, so the last "
+                    f"{len(dataset) - rows} of the {len(dataset)} validation rows are left out; give a multiple of "
+                    f"{world_size} rows to validate them all"
+                )
+            sampler = EvalShardSampler(rows, num_replicas=world_size, rank=self.trainer.global_rank)
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,

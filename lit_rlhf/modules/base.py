@@ -19,6 +19,8 @@ from lit_rlhf.checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint
 from lit_rlhf.errors import UserError  # noqa: F401
 from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
 from lit_rlhf.resume_logging import purge_logs_from
+from lit_rlhf.sharding import full_state_dict, is_sharded, mixed_precision_policy, shard_model
+from lit_rlhf.strategies import check_strategy, fsdp_param_dtype, is_fsdp2
 
 CHECKPOINT_KEY = "lit_rlhf"
 
@@ -183,8 +185,42 @@ class RLHFModule(L.LightningModule):
         self._realign_log_step = False
 
     def setup(self, stage: str) -> None:
-        """Write this run's checkpoints atomically, once their step is logged (:mod:`lit_rlhf.checkpoint_io`)."""
+        """Refuse a strategy this module cannot train under (:func:`~lit_rlhf.strategies.check_strategy`); write this
+        run's checkpoints atomically, once their step is logged (:mod:`lit_rlhf.checkpoint_io`)."""
+        if self._trainer is not None:
+            check_strategy(self.trainer.strategy, type(self).__name__)
+            if is_fsdp2(self.trainer.strategy):
+                fsdp_param_dtype(self.trainer.precision, self.device)  # refuses 16-mixed
         self._install_checkpoint_io()
+
+    # -- FSDP2 ------------------------------------------------------------------------------------------------------
+
+    def trained_models(self) -> list[torch.nn.Module]:
+        """The models this module trains (sharded under FSDP2, each with its own optimizer's parameters)."""
+        return [self.model]
+
+    def frozen_models(self) -> list[torch.nn.Module]:
+        """Frozen models kept out of the module's state (a reference policy, a reward model), sharded under FSDP2
+        unless the module keeps them whole (:attr:`shard_frozen_models`)."""
+        return []
+
+    shard_frozen_models: bool = True
+
+    def configure_model(self) -> None:
+        """Under FSDP2 (Lightning's ``ModelParallelStrategy``), shard every model over the data-parallel processes:
+        each decoder block, then the rest (:func:`~lit_rlhf.sharding.shard_model`). Under ``bf16-mixed`` the
+        blocks compute in bf16 while the sharded weights, gradients, optimizer states and gradient reductions stay in
+        float32. Does nothing on one device or under DDP, and nothing to a model already sharded."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        policy = mixed_precision_policy(fsdp_param_dtype(self.trainer.precision, self.device))
+        for model in self.trained_models():
+            shard_model(model, dp_mesh, policy)
+        if self.shard_frozen_models:
+            for model in self.frozen_models():
+                shard_model(model, dp_mesh, policy)
 
     def _install_checkpoint_io(self) -> None:
         if self._trainer is not None:
@@ -216,9 +252,20 @@ class RLHFModule(L.LightningModule):
                 metric.reset()
 
     def export_hf(self, path: str) -> None:
-        """Save the model and tokenizer with ``save_pretrained`` (safetensors) into ``path``."""
+        """Save the model and tokenizer with ``save_pretrained`` (safetensors) into ``path``, on global rank 0.
+
+        Every process must call it: under FSDP2 the full weights are gathered to rank 0 one tensor at a time.
+        """
+        self.save_model_hf(self.model, path)
+
+    def save_model_hf(self, model: torch.nn.Module, path: str) -> None:
+        """``model`` and the tokenizer into the ``save_pretrained`` folder ``path`` (written by global rank 0; a
+        sharded model is gathered first, a collective every process takes part in)."""
+        state_dict = full_state_dict(model) if is_sharded(model) else None
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return
         os.makedirs(path, exist_ok=True)
-        self.model.save_pretrained(path)
+        model.save_pretrained(path, **({} if state_dict is None else {"state_dict": state_dict}))
         self.tokenizer.save_pretrained(path)
 
     def build_optimizer(

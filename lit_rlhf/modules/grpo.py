@@ -109,6 +109,8 @@ class GRPOModule(OnlineRLModule):
         max_nonfinite_steps: an optimizer step whose loss or gradient is not finite is skipped (no weight and no
             optimizer state moves) and counted (``train/nonfinite_steps``); this many iterations in a row with a
             skipped step stop the run with an error naming the last one. ``null`` never stops.
+        shard_frozen_models: under FSDP2, shard the frozen reference and reward model over the processes like the
+            trained models (``false`` keeps a whole copy of each on every process: faster when they are small).
     """
 
     def __init__(
@@ -146,12 +148,14 @@ class GRPOModule(OnlineRLModule):
         max_grad_norm: float = 1.0,
         num_logged_samples: int = 8,
         max_nonfinite_steps: int | None = 3,
+        shard_frozen_models: bool = True,
     ) -> None:
         super().__init__()
         check_grpo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         self.save_hyperparameters(ignore=["rewards"])
         self.automatic_optimization = False
+        self.shard_frozen_models = shard_frozen_models
         self.setup_nonfinite_guard({"policy": "learning_rate"}, max_nonfinite_steps, "the rewards")
         self.reward = WeightedSumReward(list(rewards), reward_weights, name="reward")
         self.load_policy(

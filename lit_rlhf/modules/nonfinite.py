@@ -12,6 +12,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lit_rlhf.errors import ConfigError, UserError
 from lit_rlhf.functional.finite import NonFiniteCounter, all_finite, first_nonfinite
 from lit_rlhf.modules.base import CHECKPOINT_KEY, RLHFModule
+from lit_rlhf.sharding import local_tensor
 
 NONFINITE_TAG = "train/nonfinite_steps"
 """TensorBoard tag of the skipped optimizer steps (``train/nonfinite_steps/<optimizer>`` with two optimizers)."""
@@ -103,7 +104,8 @@ class GuardedModule(RLHFModule):
             e.g. ``the policy loss is nan`` or ``the gradient of model.layers.0.mlp.up_proj.weight is not finite``.
         """
         check_grads = self._grad_scaler() is None
-        grads = [p.grad for _, p in named_params] if check_grads else []
+        # Under FSDP2 each process checks its own shard of each gradient; the flags are then combined over processes.
+        grads = [local_tensor(p.grad) for _, p in named_params if p.grad is not None] if check_grads else []
         loss_ok = torch.isfinite(loss).all() if loss is not None else torch.tensor(True)
         device = self.device
         flags = torch.stack([~loss_ok.to(device), ~all_finite(grads).to(device)]).float()
@@ -117,7 +119,7 @@ class GuardedModule(RLHFModule):
             return f"the {quantity} is {_fmt(values[~torch.isfinite(values)][0])}"
         if loss_bad:
             return f"the {quantity} is not finite on another process"
-        name = first_nonfinite((n, p.grad) for n, p in named_params)
+        name = first_nonfinite((n, None if p.grad is None else local_tensor(p.grad)) for n, p in named_params)
         loss_text = (
             f" (the {quantity} is {_fmt(loss.reshape(-1)[0])})" if loss is not None and loss.numel() == 1 else ""
         )

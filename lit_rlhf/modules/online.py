@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, Strategy
 
 from lit_rlhf.functional.ppo import masked_mean_var, mean_var_from_sums, mean_var_to_sums
 from lit_rlhf.generation import generate_for_batch
@@ -17,6 +16,7 @@ from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.modules.base import CHECKPOINT_KEY
 from lit_rlhf.modules.nonfinite import GuardedModule
 from lit_rlhf.rewards.base import RewardSource
+from lit_rlhf.sharding import is_sharded
 from lit_rlhf.tables import log_table, scalar_step
 
 _AFTER_STEP_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization and every_n_train_steps"
@@ -25,28 +25,6 @@ _SCHEDULER_BEFORE_OPTIMIZER_WARNING = r"Detected call of `lr_scheduler.step\(\)`
 
 def _do_nothing() -> None:
     """Stands in for the manual-optimization loop's step counting inside :meth:`OnlineRLModule.one_training_step`."""
-
-
-def check_online_strategy(strategy: Strategy, module_name: str) -> None:
-    """Refuse a strategy an online RL module cannot run under: one device and DDP (whole model copies) only.
-
-    The module samples with the whole policy, steps two models (PPO) several times per batch and averages their
-    gradients itself (:meth:`OnlineRLModule.optimizer_step_over`); sharded strategies (FSDP, DeepSpeed, model
-    parallel) would need gathered weights to sample and their own gradient reduction, so they are refused here
-    instead of training wrongly.
-
-    Raises:
-        ValueError: for any other strategy.
-    """
-    if isinstance(strategy, SingleDeviceStrategy) or (
-        isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy)
-    ):
-        return
-    raise ValueError(
-        f"{module_name} runs on one device or under data parallelism (--trainer.strategy ddp), not under "
-        f"{type(strategy).__name__}: sharded strategies are not supported by the online RL modules (they sample "
-        "with the whole policy and reduce gradients themselves)"
-    )
 
 
 class OnlineRLModule(GuardedModule):
@@ -101,12 +79,14 @@ class OnlineRLModule(GuardedModule):
             raise RuntimeError(f"{type(self).__name__} was built without a reference model (beta = 0)")
         return self._frozen["reference"]
 
+    def frozen_models(self) -> list[torch.nn.Module]:
+        """The reference policy and the reward source's models (a reward model, a judge)."""
+        return [*self._frozen.values(), *self.reward.models()]
+
     def setup(self, stage: str) -> None:
-        """Refuse at once a strategy other than one device or DDP (:func:`check_online_strategy`) and a prompt budget
-        that cannot fit the policy's context with ``max_new_tokens`` after it."""
+        """The base checks (the strategy), and refuse a prompt budget that cannot fit the policy's context with
+        ``max_new_tokens`` after it."""
         super().setup(stage)
-        if self._trainer is not None:
-            check_online_strategy(self.trainer.strategy, type(self).__name__)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         context = getattr(self.model.config, "max_position_embeddings", None)
         max_length = getattr(datamodule, "max_length", None)
@@ -137,6 +117,8 @@ class OnlineRLModule(GuardedModule):
 
     def _move_frozen_to_module_device(self) -> None:
         """Put the frozen models (reference, reward model) and the reward source on the module's device."""
+        if any(is_sharded(model) for model in self.frozen_models()):
+            return  # sharded on the processes' devices, where they stay
         for frozen in self._frozen.values():
             frozen.to(self.device)
         if hasattr(self.reward, "to"):
@@ -269,7 +251,9 @@ class OnlineRLModule(GuardedModule):
             yield
 
     def _average_gradients(self, module: torch.nn.Module) -> None:
-        if self.trainer.world_size <= 1:
+        """Average ``module``'s gradients over the processes (DDP); a sharded model's come out of its backward
+        averaged by FSDP2 already."""
+        if self.trainer.world_size <= 1 or is_sharded(module):
             return
         params = [p for p in module.parameters() if p.requires_grad]
         for p in params:

@@ -95,6 +95,8 @@ class PPOModule(OnlineRLModule):
         max_nonfinite_steps: an actor or critic step whose loss or gradient is not finite is skipped (no weight and
             no optimizer state moves) and counted (``train/nonfinite_steps/actor``, ``/critic``); this many iterations
             in a row with a skipped step stop the run with an error naming the last one. ``null`` never stops.
+        shard_frozen_models: under FSDP2, shard the frozen reference and reward model over the processes like the
+            trained models (``false`` keeps a whole copy of each on every process: faster when they are small).
     """
 
     def __init__(
@@ -134,12 +136,14 @@ class PPOModule(OnlineRLModule):
         padding_free: bool = False,
         num_logged_samples: int = 8,
         max_nonfinite_steps: int | None = 3,
+        shard_frozen_models: bool = True,
     ) -> None:
         super().__init__()
         check_ppo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         self.save_hyperparameters(ignore=["reward"])
         self.automatic_optimization = False
+        self.shard_frozen_models = shard_frozen_models
         self.setup_nonfinite_guard(
             {"actor": "actor_learning_rate", "critic": "critic_learning_rate"}, max_nonfinite_steps, "the rewards"
         )
@@ -166,6 +170,9 @@ class PPOModule(OnlineRLModule):
             if adaptive_kl_target is not None
             else FixedKLController(kl_coef)
         )
+
+    def trained_models(self) -> list[torch.nn.Module]:
+        return [self.model, self.critic]
 
     def setup(self, stage: str) -> None:
         """The online modules' checks, and no more minibatches than the prompts of a training batch."""
@@ -362,7 +369,4 @@ class PPOModule(OnlineRLModule):
     def export_hf(self, path: str) -> None:
         """The policy into ``path`` and the critic into ``<path>_critic``, each with the tokenizer."""
         super().export_hf(path)
-        critic_path = os.path.normpath(path) + "_critic"
-        os.makedirs(critic_path, exist_ok=True)
-        self.critic.save_pretrained(critic_path)
-        self.tokenizer.save_pretrained(critic_path)
+        self.save_model_hf(self.critic, os.path.normpath(path) + "_critic")

@@ -32,6 +32,11 @@ class RewardSource:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self.name or type(self).__name__
 
+    def models(self) -> list[torch.nn.Module]:
+        """The frozen models this source runs (a reward model, a judge), for the training module to place on its
+        device or shard with the policy under FSDP2; none for a rule."""
+        return []
+
     def score(
         self,
         prompts: Sequence[str],

@@ -240,6 +240,9 @@ class LLMJudgeReward(RewardSource):
         self.last_outputs: list[str] = []
         self.last_choices: list[int | None] = []
 
+    def models(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     def to(self, device: torch.device | str) -> LLMJudgeReward:
         """Move the judge (e.g. to the policy's device)."""
         self.model.to(device)

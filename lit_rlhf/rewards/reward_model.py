@@ -90,6 +90,9 @@ class RewardModelReward(RewardSource):
         self.mean = float(stats["mean"]) if stats else 0.0
         self.std = float(stats["std"]) if stats else 1.0
 
+    def models(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     def to(self, device: torch.device | str) -> RewardModelReward:
         """Move the reward model (e.g. to the policy's device)."""
         self.model.to(device)

@@ -390,6 +390,9 @@ class WeightedSumReward(RewardSource):
             merged.update(getattr(source, "last_stats", None) or {})
         return merged
 
+    def models(self) -> list[torch.nn.Module]:
+        return [model for source in self.sources for model in source.models()]
+
     def to(self, device: torch.device | str) -> WeightedSumReward:
         """Move the sources that hold models (e.g. a reward model) to ``device``; rule sources have nothing to move."""
         for source in self.sources:

@@ -23,6 +23,7 @@ from lit_rlhf.generation import Generation
 from lit_rlhf.modules import PPOModule
 from lit_rlhf.rewards import FunctionReward
 from lit_rlhf.rollout import response_logprobs
+from lit_rlhf.sharding import full_tensor
 from tests.modules.wiring import digit_fraction
 
 GLOBAL_BATCH = 16
@@ -61,7 +62,8 @@ class Record(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         name = "actor" if params[0] is next(pl_module.model.parameters()) else "critic"
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        grads = [full_tensor(p.grad) if p.grad is not None else torch.zeros_like(full_tensor(p)) for p in params]
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
         self.gradients.append((name, flat.detach().clone()))
 
     def on_train_end(self, trainer, pl_module):
@@ -70,15 +72,20 @@ class Record(L.Callback):
                 "world_size": trainer.world_size,
                 "iteration": pl_module.iteration,
                 "gradients": self.gradients,
-                "actor": {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()},
-                "critic": {k: v.detach().clone() for k, v in pl_module.critic.state_dict().items()},
+                "actor": whole_state(pl_module.model),
+                "critic": whole_state(pl_module.critic),
                 "kl_coef": pl_module.kl_controller.value,
             },
             os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"),
         )
 
 
-def main(policy_dir: str, out_dir: str, devices: str) -> None:
+def whole_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every full tensor of ``model``'s state (gathered from the shards under FSDP2, on every rank)."""
+    return {k: full_tensor(v).detach().clone() for k, v in model.state_dict().items()}
+
+
+def main(policy_dir: str, out_dir: str, devices: str, strategy: str = "ddp") -> None:
     torch.set_num_threads(1)
     devices = int(devices)
     L.seed_everything(0)
@@ -107,7 +114,7 @@ def main(policy_dir: str, out_dir: str, devices: str) -> None:
         format="prompt", num_train=GLOBAL_BATCH, num_val=8, batch_size=GLOBAL_BATCH // devices, eval_batch_size=8
     )
     trainer = L.Trainer(
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=strategy if devices > 1 else "auto",
         accelerator="cpu",
         devices=devices,
         max_steps=2,  # iterations, each over the whole data set

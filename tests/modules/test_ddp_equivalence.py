@@ -1,10 +1,11 @@
-"""Two DDP ranks (CPU, gloo) train PPO exactly as one process does on the same global batch."""
+"""Two ranks (CPU, gloo), under DDP and under FSDP2, train PPO exactly as one process does on the same global batch."""
 
 import importlib.util
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import lit_rlhf.modules.ppo as ppo_module
@@ -13,11 +14,11 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_equivalen
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_two_ranks(policy_dir: str, out_dir) -> list[dict]:
+def run_two_ranks(policy_dir: str, out_dir, strategy: str = "ddp") -> list[dict]:
     out_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, SCRIPT, policy_dir, str(out_dir), "2"],
+        [sys.executable, SCRIPT, policy_dir, str(out_dir), "2", strategy],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -43,9 +44,12 @@ def run_one_process(policy_dir: str, out_dir, monkeypatch) -> dict:
     return torch.load(out_dir / "rank0.pt", weights_only=False)
 
 
-def test_two_ranks_train_ppo_exactly_as_one_process_on_the_same_global_batch(tmp_path, policy_dir, monkeypatch):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_ranks_train_ppo_exactly_as_one_process_on_the_same_global_batch(
+    tmp_path, policy_dir, monkeypatch, strategy
+):
     single = run_one_process(policy_dir, tmp_path / "one", monkeypatch)
-    ranks = run_two_ranks(policy_dir, tmp_path / "two")
+    ranks = run_two_ranks(policy_dir, tmp_path / "two", strategy)
     assert single["world_size"] == 1 and [r["world_size"] for r in ranks] == [2, 2]
     assert single["iteration"] == ranks[0]["iteration"] == ranks[1]["iteration"] == 2
 

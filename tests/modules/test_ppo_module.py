@@ -178,25 +178,34 @@ def test_padding_free_gives_the_same_update(tmp_path, policy_dir):
         assert torch.allclose(value, weights[1][name], atol=1e-5), name
 
 
-def test_sharded_strategies_are_refused_before_training(tmp_path, policy_dir):
-    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+def test_deepspeed_fsdp1_and_tensor_parallel_are_refused_before_training(tmp_path, policy_dir):
+    from lightning.pytorch.strategies import (
+        DDPStrategy,
+        DeepSpeedStrategy,
+        FSDPStrategy,
+        ModelParallelStrategy,
+        SingleDeviceStrategy,
+    )
 
-    from lit_rlhf.modules.online import check_online_strategy
+    from lit_rlhf.errors import ConfigError
+    from lit_rlhf.strategies import FSDP2Strategy, check_strategy
 
-    check_online_strategy(SingleDeviceStrategy("cpu"), "PPOModule")
-    check_online_strategy(DDPStrategy(), "PPOModule")
+    for accepted in (SingleDeviceStrategy("cpu"), DDPStrategy(), FSDP2Strategy(), ModelParallelStrategy(2, 1)):
+        check_strategy(accepted, "PPOModule", num_processes=2)
     deepspeed = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # a DDPStrategy subclass; building one needs deepspeed
-    for strategy in (FSDPStrategy(), deepspeed):
-        with pytest.raises(
-            ValueError,
-            match=f"PPOModule runs on one device or under data parallelism .* not under {type(strategy).__name__}",
-        ):
-            check_online_strategy(strategy, "PPOModule")
-    # The module's setup asks (Lightning runs FSDP on GPUs only, so a trainer that holds one stands in).
+    for strategy, match in (
+        (FSDPStrategy(), "does not train under Lightning's FSDPStrategy \\(FSDP1\\); shard the models with FSDP2"),
+        (deepspeed, "does not train under DeepSpeed; shard the models with FSDP2 instead: --trainer.strategy fsdp2"),
+        (ModelParallelStrategy(1, 2), "does not implement tensor parallelism .*tensor_parallel_size=2"),
+        (ModelParallelStrategy(), "does not implement tensor parallelism .*tensor_parallel_size=2"),  # auto: 1 x 2
+    ):
+        with pytest.raises(ConfigError, match=f"PPOModule {match}"):
+            check_strategy(strategy, "PPOModule", num_processes=2)
+    # The module's setup asks too (Lightning runs FSDP1 on GPUs only, so a trainer that holds one stands in).
     module, _, trainer = make(tmp_path, policy_dir, iterations=1)
     trainer._accelerator_connector.strategy = FSDPStrategy()
     module.trainer = trainer
-    with pytest.raises(ValueError, match="not under FSDPStrategy"):
+    with pytest.raises(ConfigError, match="FSDPStrategy \\(FSDP1\\)"):
         module.setup("fit")
 
 

@@ -1,0 +1,181 @@
+"""Which Lightning strategies lit_rlhf's modules train under, and ``fsdp2``: FSDP2 over every process.
+
+Accepted: one device, DDP (``--trainer.strategy ddp``) and FSDP2 through Lightning's ``ModelParallelStrategy`` with
+``tensor_parallel_size: 1`` (``--trainer.strategy fsdp2`` is :class:`FSDP2Strategy`, that strategy with the
+data-parallel size set to the number of processes). Refused with a message saying what to use instead: tensor
+parallelism, DeepSpeed, and Lightning's older ``FSDPStrategy`` (FSDP1).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+    StrategyRegistry,
+)
+
+from lit_rlhf.errors import ConfigError
+
+FSDP2_HINT = (
+    "shard the models with FSDP2 instead: --trainer.strategy fsdp2 (or ModelParallelStrategy with "
+    "data_parallel_size = the number of processes and tensor_parallel_size 1)"
+)
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ``ModelParallelStrategy`` as FSDP2 over every process: ``data_parallel_size`` = world size,
+    ``tensor_parallel_size`` = 1 (``--trainer.strategy fsdp2``).
+
+    Checkpoints are distributed (a folder with one shard file per process plus ``meta.pt``) by default; each is
+    written into a temporary folder beside its target and renamed into place once every process has written its
+    shard, so a run killed while saving keeps its previous checkpoint.
+
+    Args:
+        save_distributed_checkpoint: ``False`` gathers the full state on rank 0 into one file instead.
+        process_group_backend: ``nccl`` on GPU, ``gloo`` on CPU by default.
+        **kwargs: other ``ModelParallelStrategy`` arguments (``timeout``).
+    """
+
+    def __init__(
+        self, save_distributed_checkpoint: bool = True, process_group_backend: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            **kwargs,
+        )
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        token = self.broadcast(uuid.uuid4().hex[:8])
+        temp = path.with_name(f".{path.name}.tmp-{token}")
+        super().save_checkpoint(checkpoint, temp, storage_options)
+        self.barrier("checkpoint written")
+        if self.global_rank == 0:
+            publish_folder(temp, path)
+        self.barrier("checkpoint published")
+
+
+def publish_folder(temp: Path, path: Path) -> None:
+    """Put the complete checkpoint folder ``temp`` at ``path``: the previous checkpoint there is moved aside, the new
+    one renamed into place, then the old one deleted (a kill in between leaves one of the two complete folders)."""
+    old = None
+    if path.is_dir():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+    elif path.exists():
+        path.unlink()
+    os.replace(temp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def register_strategies() -> None:
+    """Register ``fsdp2`` (:class:`FSDP2Strategy`) with Lightning's strategy registry, once."""
+    if "fsdp2" not in StrategyRegistry:
+        StrategyRegistry.register(
+            "fsdp2", FSDP2Strategy, description="FSDP2 (fully_shard) over every process, lit_rlhf's models"
+        )
+
+
+def is_fsdp2(strategy: Strategy | None) -> bool:
+    """Whether ``strategy`` shards the models with FSDP2 (a ``ModelParallelStrategy``)."""
+    return isinstance(strategy, ModelParallelStrategy)
+
+
+def _configured_size(strategy: ModelParallelStrategy, name: str) -> Any:
+    return getattr(strategy, f"_{name}_size")
+
+
+def check_strategy(strategy: Strategy, module_name: str, num_processes: int | None = None) -> None:
+    """Refuse a strategy ``module_name`` cannot train under (see the module docstring).
+
+    Args:
+        strategy: the Trainer's strategy.
+        module_name: the LightningModule's class name, for the message.
+        num_processes: processes in the run (``num_nodes * devices``), when known, to check the data-parallel size.
+
+    Raises:
+        ConfigError: naming the strategy and what to use instead.
+    """
+    if isinstance(strategy, DeepSpeedStrategy):
+        raise ConfigError(f"{module_name} does not train under DeepSpeed; {FSDP2_HINT}")
+    if isinstance(strategy, FSDPStrategy):
+        raise ConfigError(f"{module_name} does not train under Lightning's FSDPStrategy (FSDP1); {FSDP2_HINT}")
+    if isinstance(strategy, ModelParallelStrategy):
+        if isinstance(strategy, FSDP2Strategy):
+            return
+        tp = _configured_size(strategy, "tensor_parallel")
+        dp = _configured_size(strategy, "data_parallel")
+        if tp == "auto" and num_processes is not None:
+            tp = num_processes // (dp if isinstance(dp, int) else max(strategy.num_nodes, 1))
+        if isinstance(tp, int) and tp > 1:
+            raise ConfigError(
+                f"{module_name} does not implement tensor parallelism (ModelParallelStrategy with tensor_parallel_size="
+                f"{tp}); set data_parallel_size to the number of processes and tensor_parallel_size to 1, or use "
+                "--trainer.strategy fsdp2"
+            )
+        return
+    if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        return
+    raise ConfigError(
+        f"{module_name} trains on one device, under DDP (--trainer.strategy ddp) or under FSDP2 (--trainer.strategy "
+        f"fsdp2), not under {type(strategy).__name__}"
+    )
+
+
+def check_strategy_name(name: str, module_name: str) -> None:
+    """Refuse a refused strategy by its registry name (``deepspeed*``, ``fsdp*`` other than ``fsdp2``) before
+    Lightning builds it (which would fail first on a missing package or a CPU accelerator, with no pointer to FSDP2).
+
+    Raises:
+        ConfigError: as :func:`check_strategy`.
+    """
+    lowered = name.lower()
+    if lowered.startswith("deepspeed"):
+        raise ConfigError(f"{module_name} does not train under DeepSpeed (--trainer.strategy {name}); {FSDP2_HINT}")
+    if lowered.startswith("fsdp") and lowered != "fsdp2":
+        raise ConfigError(
+            f"{module_name} does not train under Lightning's FSDPStrategy (FSDP1, --trainer.strategy {name}); "
+            f"{FSDP2_HINT}"
+        )
+
+
+def fsdp_param_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """The dtype FSDP2 computes in: bf16 under ``bf16-mixed`` (float32 weights, gradients, optimizer states and
+    reductions), the weights' own otherwise (float32 under ``32-true``, bf16 under ``bf16-true``).
+
+    Raises:
+        ConfigError: ``16-mixed`` (its loss scaling does not work on sharded gradients here).
+    """
+    precision = str(precision)
+    if precision in ("16-mixed", "16"):
+        raise ConfigError(
+            "--trainer.precision 16-mixed is not supported with FSDP2 (its loss scaler does not handle sharded "
+            "gradients); use bf16-mixed on GPU or 32-true"
+        )
+    if precision in ("bf16-mixed",):
+        return torch.bfloat16
+    return None
+
+
+register_strategies()
