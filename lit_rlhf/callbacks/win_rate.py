@@ -7,10 +7,12 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_rlhf.errors import ConfigError
 from lit_rlhf.evaluation.compare import WinRateResult, win_rate
 from lit_rlhf.evaluation.judges import PairwiseJudge
 from lit_rlhf.functional.winrate import CIMethod
 from lit_rlhf.models.loading import load_causal_lm
+from lit_rlhf.strategies import is_fsdp2
 from lit_rlhf.tables import log_table, scalar_step
 
 
@@ -46,8 +48,8 @@ class WinRateCallback(L.Callback):
       ``every_n_validations`` keeps its rhythm after a resume).
     - Data parallel (DDP): only global rank 0 generates, judges and logs (``rank_zero_only=True``: the metrics are
       not available for checkpoint monitoring); the other ranks wait at the next collective. This needs a model
-      that is whole on rank 0 (DDP, not FSDP/DeepSpeed sharding) and an evaluation shorter than the process group's
-      timeout.
+      that is whole on rank 0 and an evaluation shorter than the process group's timeout, so it is refused under
+      FSDP2 (evaluate the exported ``hf/`` with ``lit-rlhf winrate`` after training instead).
 
     Args:
         judge: a :class:`~lit_rlhf.evaluation.judges.PairwiseJudge` (``class_path`` in YAML).
@@ -118,6 +120,12 @@ class WinRateCallback(L.Callback):
             return None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if is_fsdp2(trainer.strategy):
+            raise ConfigError(
+                "WinRateCallback generates on rank 0 alone, which needs the whole policy there; under FSDP2 it is "
+                "sharded over the processes: remove the callback and compare the exported hf/ folder after training "
+                "with `lit-rlhf winrate`"
+            )
         for name in ("model", "tokenizer"):
             if getattr(pl_module, name, None) is None:
                 raise TypeError(f"WinRateCallback needs a module with a `{name}` (a lit_rlhf module)")
