@@ -202,3 +202,13 @@ def test_the_frozen_reference_answers_once_for_every_validation(tmp_path, policy
     assert calls == [module.model, module.reference, module.model]  # the policy twice, the reference once
     reference = greedy(module.reference, module.tokenizer, data.val_dataset[:8], 6)
     assert [p.reference_response for p in callback.last_result.pairs] == reference
+
+
+def test_the_callback_is_refused_under_fsdp2_with_a_pointer_to_the_winrate_command():
+    from lit_rlhf.errors import ConfigError
+    from lit_rlhf.strategies import FSDP2Strategy
+
+    callback = WinRateCallback(AlwaysA())
+    trainer = SimpleNamespace(strategy=FSDP2Strategy(), is_global_zero=True)
+    with pytest.raises(ConfigError, match="WinRateCallback generates on rank 0 alone.*lit-rlhf winrate"):
+        callback.setup(trainer, SimpleNamespace(model=None, tokenizer=None), "fit")
