@@ -165,7 +165,7 @@ class RLHFDataModule(L.LightningDataModule):
                     "(data.init_args.val, or a larger data.init_args.val_fraction) or run on fewer devices"
                 )
             rows = len(dataset)
-            if is_fsdp2(self.trainer.strategy) and rows % world_size:
+            if is_fsdp2(getattr(self.trainer, "strategy", None)) and rows % world_size:
                 rows -= rows % world_size
                 rank_zero_warn(
                     f"{type(self).__name__}: under FSDP2 every process validates the same number of rows, so the last "

@@ -205,6 +205,29 @@ def test_validation_loader_shards_rows_and_normalisation_reads_them_all(tmp_path
     assert sorted(seen) == list(range(1, 6))
 
 
+def test_under_fsdp2_every_process_validates_as_many_batches_the_rest_left_out_with_a_warning(
+    tmp_path, word_tokenizer
+):
+    from lit_rlhf.strategies import FSDP2Strategy
+
+    rows = [{"prompt": f"{KNOWN} {i}", "chosen": "4 5 6", "rejected": "4 5 7"} for i in range(5)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    batches, seen = [], []
+    for rank in range(2):
+        data = PreferenceDataModule(train=path, val=path, eval_batch_size=2, max_length=32)
+        data.connect(word_tokenizer)
+        data.setup("fit")
+        data.trainer = SimpleNamespace(**vars(fake_trainer(2, rank)), strategy=FSDP2Strategy())
+        with pytest.warns(UserWarning, match="under FSDP2 .* the last 1 of the 5 validation rows are left out"):
+            loader = data.val_dataloader()
+        batches.append(len(loader))
+        seen += [row["row_index"] for batch in loader for row in batch["rows"]]
+    # Each forward of a sharded model is a collective: both processes run the same number of batches (under DDP,
+    # 3 rows and 2 rows would be 2 batches and 1).
+    assert batches == [1, 1]
+    assert sorted(seen) == [1, 2, 3, 4]
+
+
 def test_fewer_validation_rows_than_processes_is_refused_with_the_numbers(tmp_path, word_tokenizer):
     path = write_jsonl(tmp_path / "val.jsonl", [ROWS["sft"]] * 2)
     data = SFTDataModule(train=path, val=path, max_length=32)
