@@ -97,6 +97,9 @@ class PPOModule(OnlineRLModule):
             in a row with a skipped step stop the run with an error naming the last one. ``null`` never stops.
         shard_frozen_models: under FSDP2, shard the frozen reference and reward model over the processes like the
             trained models (``false`` keeps a whole copy of each on every process: faster when they are small).
+        gather_for_sampling: under FSDP2, gather the whole policy once per rollout and keep it until sampling ends;
+            ``false`` gathers one decoder block at a time at every generated token (slower; for a policy whose whole
+            weights do not fit on one device beside the rest).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class PPOModule(OnlineRLModule):
         num_logged_samples: int = 8,
         max_nonfinite_steps: int | None = 3,
         shard_frozen_models: bool = True,
+        gather_for_sampling: bool = True,
     ) -> None:
         super().__init__()
         check_ppo_options(locals())  # every option value, before any model loads
@@ -200,6 +204,7 @@ class PPOModule(OnlineRLModule):
             top_k=hp.top_k,
             top_p=hp.top_p,
             return_logprobs=True,
+            gather_sharded=hp.gather_for_sampling,
         )
         response_ids, response_mask = generation.response_ids, generation.response_mask
         if not bool(generation.has_eos.any()):
