@@ -113,6 +113,108 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
+DISTRIBUTED_META_FILE = "meta.pt"
+"""The file of a distributed checkpoint folder that holds everything but the model and optimizer shards."""
+
+DISTRIBUTED_INDEX_FILE = ".metadata"
+"""The index of a distributed checkpoint's shard files (``torch.distributed.checkpoint``)."""
+
+
+def is_distributed_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a checkpoint folder (one shard file per process), as ``--trainer.strategy fsdp2`` writes."""
+    return os.path.isdir(path)
+
+
+def read_distributed_checkpoint(path: str) -> dict[str, Any]:
+    """Open the ``meta.pt`` of the checkpoint folder ``path``: Lightning's checkpoint without the model and optimizer
+    states (hyperparameters, loops, schedulers, callbacks and lit_rlhf's entry), nothing executed.
+
+    Raises:
+        CheckpointMismatchError: the folder lacks ``meta.pt``, the shard index ``.metadata`` or the ``.distcp``
+            shards, or its ``meta.pt`` is damaged or not a Lightning checkpoint's.
+    """
+    meta_file = os.path.join(path, DISTRIBUTED_META_FILE)
+    shards = [name for name in os.listdir(path) if name.endswith(".distcp")] if os.path.isdir(path) else []
+    missing = [
+        name
+        for name, present in [
+            (DISTRIBUTED_META_FILE, os.path.isfile(meta_file)),
+            (DISTRIBUTED_INDEX_FILE, os.path.isfile(os.path.join(path, DISTRIBUTED_INDEX_FILE))),
+            ("*.distcp shard files", bool(shards)),
+        ]
+        if not present
+    ]
+    if missing:
+        raise CheckpointMismatchError(
+            f"--ckpt_path {path}: a folder but not a complete distributed checkpoint (no {', no '.join(missing)}; "
+            "a --trainer.strategy fsdp2 checkpoint folder holds meta.pt, .metadata and one .distcp file per "
+            "process); resume from a run's checkpoints/last.ckpt"
+        )
+    try:
+        checkpoint = torch.load(meta_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointMismatchError(
+            f"--ckpt_path {path}: its {DISTRIBUTED_META_FILE} cannot be read (truncated, damaged or not a PyTorch "
+            f"file: {reason}); resume from an intact checkpoint, e.g. the run's checkpoints/last.ckpt"
+        ) from None
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointMismatchError(
+            f"--ckpt_path {path}: its {DISTRIBUTED_META_FILE} is not a Lightning checkpoint's; resume from a run's "
+            "checkpoints/last.ckpt"
+        )
+    return checkpoint
+
+
+FSDP2_MARK = "strategy"
+"""The key of lit_rlhf's checkpoint entry that ``FSDP2Strategy`` sets to ``"fsdp2"`` on every checkpoint it writes."""
+
+
+def checkpoint_layout(path: str, checkpoint: Mapping[str, Any]) -> str:
+    """How the checkpoint at ``path`` stores its model and optimizer states.
+
+    Returns:
+        ``"folder"``: one shard file per process (FSDP2's distributed checkpoint); ``"fsdp2 file"``: one file written
+        under FSDP2 (``save_distributed_checkpoint: false``: optimizer states numbered in the model's parameter order);
+        ``"file"``: one file written on one device or under DDP (numbered in the optimizer's order).
+    """
+    if is_distributed_checkpoint(path):
+        return "folder"
+    meta = checkpoint.get(CHECKPOINT_KEY)
+    return "fsdp2 file" if isinstance(meta, Mapping) and meta.get(FSDP2_MARK) == "fsdp2" else "file"
+
+
+def check_layout(layout: str, fsdp2_run: bool, strategy_name: str, where: str) -> None:
+    """Refuse a checkpoint whose layout (:func:`checkpoint_layout`) the run's strategy cannot load.
+
+    A folder loads only under FSDP2 (``ModelParallelStrategy`` reads the shards). A file of a one-device or DDP run
+    does not load under FSDP2: its optimizer states are numbered in the optimizer's parameter order, which FSDP2's
+    loader takes for the model's order. A single file written under FSDP2 loads under every strategy.
+
+    Args:
+        layout: :func:`checkpoint_layout` of the checkpoint.
+        fsdp2_run: the run shards its models with FSDP2 (:func:`lit_rlhf.strategies.is_fsdp2`).
+        strategy_name: the run's strategy, as the message names it.
+        where: the checkpoint, as named in the error.
+
+    Raises:
+        CheckpointMismatchError: naming both layouts and the way out.
+    """
+    if layout == "folder" and not fsdp2_run:
+        raise CheckpointMismatchError(
+            f"{where} is a distributed checkpoint folder (one shard file per process, written under --trainer.strategy "
+            f"fsdp2), and this run's strategy ({strategy_name}) loads only single-file checkpoints: resume with "
+            "--trainer.strategy fsdp2 and the saved number of processes"
+        )
+    if layout == "file" and fsdp2_run:
+        raise CheckpointMismatchError(
+            f"{where} is a single-file checkpoint of a run on one device or under DDP, and this run shards its models "
+            f"with FSDP2 ({strategy_name}), which loads only FSDP2 checkpoints (a folder, or one file written with "
+            "save_distributed_checkpoint false): resume with the strategy that wrote it, or start an FSDP2 run from "
+            "the run's hf/ export without --ckpt_path"
+        )
+
+
 def checkpoint_meta(checkpoint: Mapping[str, Any], where: str) -> dict[str, Any]:
     """lit_rlhf's entry of ``checkpoint``; ``where`` names the file in the error.
 
@@ -360,7 +462,11 @@ def run_settings(trainer: Any) -> dict[str, Any]:
 
 
 def apply_configured_settings(
-    checkpoint: dict[str, Any], hparams: Mapping[str, Any], max_steps: int, flags: Mapping[str, Any]
+    checkpoint: dict[str, Any],
+    hparams: Mapping[str, Any],
+    max_steps: int,
+    flags: Mapping[str, Any],
+    restored_optimizers: list[torch.optim.Optimizer] | None = None,
 ) -> None:
     """Make the training state of ``checkpoint`` follow the configured settings ``hparams``, in place.
 
@@ -372,11 +478,23 @@ def apply_configured_settings(
       restored coefficient.
 
     Checkpoints whose optimizers have another layout (a ``configure_optimizers`` of one's own) are left as saved.
+
+    Args:
+        checkpoint: the loaded checkpoint, before Lightning restores its optimizers and schedulers.
+        hparams: the run's module settings.
+        max_steps: ``trainer.max_steps`` (the span of the schedule; ``<= 0``: keep the saved schedule position).
+        flags: the configured ``foreach`` / ``fused`` arguments (:func:`lit_rlhf.modules.base.adamw_flags`).
+        restored_optimizers: the run's optimizers when the strategy has already loaded the saved states into them
+            (FSDP2: ``ModelParallelStrategy`` restores them from the shards, so ``checkpoint`` holds no
+            ``optimizer_states``); their param groups are changed in place instead of the saved states.
     """
     from lit_rlhf.functional.schedules import warmup_decay_factor
 
     names = learning_rate_names(hparams)
-    optimizers = checkpoint.get("optimizer_states") or []
+    if restored_optimizers is not None:
+        optimizers = [{"param_groups": optimizer.param_groups} for optimizer in restored_optimizers]
+    else:
+        optimizers = checkpoint.get("optimizer_states") or []
     schedulers = checkpoint.get("lr_schedulers") or []
     layout_known = (
         names
@@ -412,6 +530,50 @@ def apply_configured_settings(
     if "kl_coef" in hparams and isinstance(online.get("kl"), dict):
         if hparams.get("adaptive_kl_target") is None or not adaptive_before:  # a fixed one, or an adaptive one's start
             online["kl"]["value"] = float(hparams["kl_coef"])
+
+
+def relocate_checkpoint_callbacks(checkpoint: dict[str, Any], dirpaths: Mapping[str, str]) -> list[str]:
+    """Point the saved state of each ``ModelCheckpoint`` at its folder in this run, in place, when it moved.
+
+    Lightning restores a ``ModelCheckpoint``'s kept checkpoints (``best_k_models``, ``last_model_path``) only when
+    its folder is the saved one; for a moved or copied run folder it starts afresh, so it writes ``last-v1.ckpt``
+    beside the ``last.ckpt`` it does not know (and ``--ckpt_path .../last.ckpt`` would resume from the older one
+    next time) and never removes the checkpoints it kept before. Here each saved path under the saved folder becomes
+    the same path under the current one, if it exists there (a path that does not is dropped from the state).
+
+    Args:
+        checkpoint: the loaded checkpoint, before Lightning restores its callbacks.
+        dirpaths: each ``ModelCheckpoint``'s ``state_key`` -> its folder in this run.
+
+    Returns:
+        The state keys whose folder was relocated.
+    """
+    relocated = []
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        new = dirpaths.get(key)
+        old = state.get("dirpath") if isinstance(state, dict) else None
+        if not new or not old or os.path.normpath(str(old)) == os.path.normpath(str(new)):
+            continue
+        state["dirpath"] = new
+        for name in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if name in state:
+                state[name] = _moved_path(state[name], str(old), str(new))
+        if isinstance(state.get("best_k_models"), dict):
+            moved = {_moved_path(path, str(old), str(new)): score for path, score in state["best_k_models"].items()}
+            state["best_k_models"] = {path: score for path, score in moved.items() if path}
+        relocated.append(key)
+    return relocated
+
+
+def _moved_path(path: Any, old: str, new: str) -> str:
+    """``path`` (under the folder ``old``) under the folder ``new`` if it exists there, else ``""``."""
+    if not path:
+        return ""
+    relative = os.path.relpath(os.path.abspath(str(path)), os.path.abspath(old))
+    if relative == os.curdir or relative.startswith(os.pardir):
+        return ""
+    moved = os.path.join(new, relative)
+    return moved if os.path.exists(moved) else ""
 
 
 def _adamw_layout(groups: list[dict[str, Any]]) -> bool:

@@ -23,7 +23,7 @@ from lit_rlhf.data.base import RLHFDataModule
 from lit_rlhf.errors import ConfigError, UserError, debug_requested
 from lit_rlhf.modules.base import RLHFModule
 from lit_rlhf.parse_errors import condense_parse_error
-from lit_rlhf.strategies import check_strategy, check_strategy_name
+from lit_rlhf.strategies import check_strategy, check_strategy_name, is_fsdp2
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` values that Lightning resolves itself (checked when the module loads them)."""
@@ -87,18 +87,22 @@ class LitRLHFCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` against the config, without merging anything of it into the config.
 
-        (Lightning's own version loads the checkpoint's hyperparameters into the config, which would replace the
-        configured module class, values and paths with the checkpoint's.)
+        A checkpoint folder (``--trainer.strategy fsdp2``) is checked through its ``meta.pt``, which holds all but the
+        model and optimizer shards. (Lightning's own version loads the checkpoint's hyperparameters into the config,
+        which would replace the configured module class, values and paths with the checkpoint's.)
         """
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or ckpt_path in SPECIAL_CKPT_PATHS or os.path.isdir(ckpt_path):
-            return  # a distributed checkpoint is a folder: its module checks it when it loads
+        if not ckpt_path or ckpt_path in SPECIAL_CKPT_PATHS:
+            return
         where = f"--ckpt_path {ckpt_path}"
-        checkpoint = ckpt_checks.read_checkpoint(ckpt_path)
+        if ckpt_checks.is_distributed_checkpoint(ckpt_path):
+            checkpoint = ckpt_checks.read_distributed_checkpoint(ckpt_path)
+        else:
+            checkpoint = ckpt_checks.read_checkpoint(ckpt_path)
         meta = ckpt_checks.checkpoint_meta(checkpoint, where)
         model = config.get("model")
         if model is not None and model.get("class_path"):
@@ -116,7 +120,8 @@ class LitRLHFCLI(LightningCLI):
                 accumulate_grad_batches=trainer.get("accumulate_grad_batches"),
             )
             self._resume_meta = {"world_size": ckpt_checks.saved_world_size(meta)}  # checked once the Trainer exists
-            self._resume_where = where
+        self._resume_where = where
+        self._ckpt_layout = ckpt_checks.checkpoint_layout(ckpt_path, checkpoint)  # checked once the Trainer exists
         del checkpoint
 
     def before_instantiate_classes(self) -> None:
@@ -170,6 +175,9 @@ class LitRLHFCLI(LightningCLI):
         another world size than the checkpoint's."""
         trainer = self.trainer
         check_strategy(trainer.strategy, type(self.model).__name__, trainer.num_nodes * trainer.num_devices)
+        if getattr(self, "_ckpt_layout", None) is not None:
+            name = type(trainer.strategy).__name__
+            ckpt_checks.check_layout(self._ckpt_layout, is_fsdp2(trainer.strategy), name, self._resume_where)
         if self._resume_meta is not None and self.subcommand == "fit":
             ckpt_checks.check_run_settings(self._resume_meta, self._resume_where, world_size=self.trainer.world_size)
 

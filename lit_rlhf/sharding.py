@@ -115,7 +115,15 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     process must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # A parameter shared by two modules (a tied LM head) is gathered into one copy per name: keep one tensor under
+    # both names, so that ``save_pretrained`` writes it once, as it does for the model that is not sharded.
+    first_name: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        first = first_name.setdefault(id(param), name)
+        if first != name and first in state and name in state:
+            state[name] = state[first]
+    return state
 
 
 def sharded_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:

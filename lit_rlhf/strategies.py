@@ -8,8 +8,10 @@ parallelism, DeepSpeed, and Lightning's older ``FSDPStrategy`` (FSDP1).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from lightning.pytorch.strategies import (
     StrategyRegistry,
 )
 
+from lit_rlhf.checkpoint_checks import CHECKPOINT_KEY, FSDP2_MARK
 from lit_rlhf.errors import ConfigError
 
 FSDP2_HINT = (
@@ -62,12 +65,20 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
+    def teardown(self) -> None:
+        super().teardown()
+        self.checkpoint_io.teardown()  # ModelParallelStrategy skips it: a single-file checkpoint still held is written
+
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        if isinstance(checkpoint.get(CHECKPOINT_KEY), dict):  # its layout, for the checks at --ckpt_path
+            checkpoint[CHECKPOINT_KEY][FSDP2_MARK] = "fsdp2"
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
         token = self.broadcast(uuid.uuid4().hex[:8])
         temp = path.with_name(f".{path.name}.tmp-{token}")
+        if self.global_rank == 0:
+            remove_leftover_folders(path, keep=temp)  # the other ranks may have created temp already
         super().save_checkpoint(checkpoint, temp, storage_options)
         self.barrier("checkpoint written")
         if self.global_rank == 0:
@@ -75,18 +86,76 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.barrier("checkpoint published")
 
 
+def leftover_folders(path: Path) -> list[Path]:
+    """The folders beside ``path`` that a run killed while saving ``path`` left: ``.<name>.tmp-<token>`` (a
+    checkpoint being written, or the previous one swapped out of place) and ``.<name>.old-<token>`` (the previous
+    one moved aside). Their names do not end in ``.ckpt``, so nothing loads them as checkpoints."""
+    if not path.parent.is_dir():
+        return []
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefixes))
+
+
+def remove_leftover_folders(path: Path, keep: Path | None = None) -> list[Path]:
+    """Delete :func:`leftover_folders` of ``path`` but ``keep`` (called before each save of ``path``, on rank 0 only:
+    one save of a path runs at a time). Returns them."""
+    removed = [p for p in leftover_folders(path) if keep is None or p.name != keep.name]
+    for leftover in removed:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return removed
+
+
 def publish_folder(temp: Path, path: Path) -> None:
-    """Put the complete checkpoint folder ``temp`` at ``path``: the previous checkpoint there is moved aside, the new
-    one renamed into place, then the old one deleted (a kill in between leaves one of the two complete folders)."""
-    old = None
-    if path.is_dir():
+    """Put the complete checkpoint folder ``temp`` at ``path`` in one step, then delete the previous checkpoint.
+
+    Where the filesystem can swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``), ``temp`` and the
+    previous ``path`` trade places, so ``path`` is complete at every moment. Elsewhere the previous folder is moved
+    aside (``.<name>.old-<token>``) and ``temp`` renamed into place: a kill between the two renames leaves the previous
+    checkpoint complete under that name. Leftovers are deleted by the next save (:func:`remove_leftover_folders`).
+    """
+    if path.is_dir() and not path.is_symlink():
+        if _exchange(temp, path):
+            shutil.rmtree(temp, ignore_errors=True)  # now the previous checkpoint
+            _sync_folder(path.parent)
+            return
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(path, old)
-    elif path.exists():
+        os.replace(temp, path)
+        _sync_folder(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if path.exists() or path.is_symlink():
         path.unlink()
     os.replace(temp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _sync_folder(path.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically; ``False`` where the platform or filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc before 2.28)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (no-op where a folder cannot be opened for ``fsync``)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def register_strategies() -> None:

@@ -136,7 +136,11 @@ class RLHFModule(L.LightningModule):
             ckpt_checks.check_run_settings(meta, where, **ckpt_checks.run_settings(trainer))
             applied = ckpt_checks.check_settings(checkpoint.get("hyper_parameters") or {}, self.hparams, where)
             flags = adamw_flags(self.hparams.get("adamw_implementation"))
-            ckpt_checks.apply_configured_settings(checkpoint, self.hparams, trainer.max_steps, flags)
+            # Under FSDP2 the strategy has already loaded the saved optimizer states into the optimizers.
+            restored = None if trainer.strategy.lightning_restore_optimizer else trainer.optimizers
+            ckpt_checks.apply_configured_settings(checkpoint, self.hparams, trainer.max_steps, flags, restored)
+            dirpaths = {cb.state_key: cb.dirpath for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+            ckpt_checks.relocate_checkpoint_callbacks(checkpoint, dirpaths)  # a moved run folder keeps its last.ckpt
             if applied:
                 rank_zero_info(
                     f"Resuming with changed settings, applied from the first resumed step: "

@@ -181,7 +181,8 @@ class RewardModule(GuardedModule):
         chosen, rejected = scores[:num_pairs], scores[num_pairs:]
         loss, stats = bradley_terry_loss(chosen, rejected, batch["margin"], self.hparams.center_coef)
         size = chosen.size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        # The mean over processes: the global batch's loss when every process holds as many pairs.
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         if coef:
             prefix_loss, _ = prefix_pair_loss(
                 per_token[:num_pairs],

@@ -130,7 +130,8 @@ class SFTModule(GuardedModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, stats = self._batch_loss(batch)
         size = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        # The mean over processes: the global batch's token mean when every process holds as many tokens.
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/perplexity", stats.loss.exp(), batch_size=size)
         self.log("train/token_accuracy", stats.num_correct / stats.num_tokens.clamp(min=1), batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
