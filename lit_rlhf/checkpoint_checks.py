@@ -97,20 +97,26 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     """
     if not os.path.isfile(path):
         raise CheckpointMismatchError(f"--ckpt_path {path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointMismatchError(
-            f"--ckpt_path {path}: cannot be read as a checkpoint (truncated, damaged or not a PyTorch file: "
-            f"{reason}); resume from an intact checkpoint, e.g. the run's checkpoints/last.ckpt"
-        ) from None
+    checkpoint = _load_weights_only(path, f"--ckpt_path {path}: cannot be read as a checkpoint", mmap=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointMismatchError(
             f"--ckpt_path {path}: a PyTorch file but not a Lightning checkpoint (no state_dict); resume from a run's "
             "checkpoints/last.ckpt"
         )
     return checkpoint
+
+
+def _load_weights_only(file: str, what: str, mmap: bool = False) -> Any:
+    """``torch.load`` of ``file`` with nothing executed; a damaged file is a :class:`CheckpointMismatchError` starting
+    with ``what``."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointMismatchError(
+            f"{what} (truncated, damaged or not a PyTorch file: {reason}); resume from an intact checkpoint, e.g. "
+            "the run's checkpoints/last.ckpt"
+        ) from None
 
 
 DISTRIBUTED_META_FILE = "meta.pt"
@@ -150,14 +156,7 @@ def read_distributed_checkpoint(path: str) -> dict[str, Any]:
             "a --trainer.strategy fsdp2 checkpoint folder holds meta.pt, .metadata and one .distcp file per "
             "process); resume from a run's checkpoints/last.ckpt"
         )
-    try:
-        checkpoint = torch.load(meta_file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointMismatchError(
-            f"--ckpt_path {path}: its {DISTRIBUTED_META_FILE} cannot be read (truncated, damaged or not a PyTorch "
-            f"file: {reason}); resume from an intact checkpoint, e.g. the run's checkpoints/last.ckpt"
-        ) from None
+    checkpoint = _load_weights_only(meta_file, f"--ckpt_path {path}: its {DISTRIBUTED_META_FILE} cannot be read")
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         raise CheckpointMismatchError(
             f"--ckpt_path {path}: its {DISTRIBUTED_META_FILE} is not a Lightning checkpoint's; resume from a run's "
