@@ -41,6 +41,8 @@ REFUSED_SETTINGS: dict[str, str] = {
     "dtype": "the saved weights and optimizer moments are in the saved dtype",
     "pad_token": "it changes the vocabulary the saved weights index",
     "freeze_backbone": "it changes which parameters the saved optimizer state holds",
+    "peft_config": "it sets which weights train, which the checkpoint and its optimizer state hold",
+    "load_in_4bit": "the adapters were trained on the saved run's base weights",
 }
 """Settings that cannot change on resume, with the reason."""
 
@@ -305,6 +307,11 @@ def compare_settings(
         bookkeeping), paths and settings absent from either side are skipped.
     """
     saved_plain, configured_plain = plain(saved), plain(configured)
+    for side in (saved_plain, configured_plain):
+        if side.get("peft_config") is not None:  # the YAML form (class_path, init_args) or the saved plain fields
+            from lit_rlhf.models.adapters import lora_settings
+
+            side["peft_config"] = lora_settings(side["peft_config"])
     refused: list[tuple[str, Any, Any, str]] = []
     applied: list[tuple[str, Any, Any]] = []
     for name, new in configured_plain.items():
@@ -398,6 +405,24 @@ def check_state_shapes(saved: Mapping[str, Any], own: Mapping[str, Any], where: 
                 f"{where} holds other tensors than this config's model ({example}): it was trained with another "
                 "architecture (model_config or model folder); resume with the config of the run that wrote it"
             )
+
+
+def check_adapter_state(meta: Mapping[str, Any], saved: Mapping[str, Any] | None, frozen: set[str], where: str) -> None:
+    """Refuse, for a run with LoRA adapters, a checkpoint written without them (it holds the full weights).
+
+    Args:
+        meta: the checkpoint's lit_rlhf entry.
+        saved: ``checkpoint["state_dict"]`` (absent under FSDP2, whose strategy loads the weights itself).
+        frozen: the state-dict keys of the run's frozen base weights.
+        where: the checkpoint, as named in the error.
+    """
+    full = meta.get("adapters") is not True and (saved is None or any(key in frozen for key in saved))
+    if full:
+        raise CheckpointMismatchError(
+            f"{where} was trained without LoRA adapters (it holds the full weights), and this config adds them "
+            "(model.init_args.peft_config): resume without peft_config, or start a new LoRA run from the run's hf/ "
+            "export without --ckpt_path"
+        )
 
 
 def learning_rate_names(hparams: Mapping[str, Any]) -> list[str]:

@@ -27,7 +27,7 @@ from lightning.pytorch.strategies import (
     StrategyRegistry,
 )
 
-from lit_rlhf.checkpoint_checks import CHECKPOINT_KEY, FSDP2_MARK
+from lit_rlhf.checkpoint_checks import CHECKPOINT_KEY, DISTRIBUTED_META_FILE, FSDP2_MARK
 from lit_rlhf.errors import ConfigError
 
 FSDP2_HINT = (
@@ -84,6 +84,48 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self.global_rank == 0:
             publish_folder(temp, path)
         self.barrier("checkpoint published")
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's load, except for a module that saves only what trains (LoRA adapters and heads: its
+        ``strict_loading`` is false): the folder then lacks the frozen base weights, which stay as loaded from their
+        source (:func:`load_trained_state`)."""
+        module = self.lightning_module
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if module is None or module.strict_loading or not path.is_dir():
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        return load_trained_state(path, self.model, self.optimizers, weights_only)
+
+
+def load_trained_state(
+    path: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], weights_only: bool | None = None
+) -> dict[str, Any]:
+    """Load a distributed checkpoint folder that holds only some of ``model``'s weights (those that train) into the
+    sharded ``model`` and its ``optimizers``.
+
+    Returns:
+        The rest of the checkpoint (``meta.pt``: loop states, callbacks, lit_rlhf's entry), as Lightning's own load
+        returns it.
+    """
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    module_state = {"state_dict": get_model_state_dict(model)}
+    dcp_load(module_state, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=True))
+    model.load_state_dict(module_state["state_dict"], strict=False)
+    for index, optimizer in enumerate(optimizers):
+        key = f"optimizer_{index}"
+        optimizer_state = {key: get_optimizer_state_dict(model, optimizer)}
+        dcp_load(optimizer_state, checkpoint_id=path)
+        set_optimizer_state_dict(
+            model, optimizer, optim_state_dict=optimizer_state[key], options=StateDictOptions(cpu_offload=True)
+        )
+    return torch.load(path / DISTRIBUTED_META_FILE, weights_only=weights_only)
 
 
 def leftover_folders(path: Path) -> list[Path]:
@@ -210,6 +252,28 @@ def check_strategy(strategy: Strategy, module_name: str, num_processes: int | No
         f"{module_name} trains on one device, under DDP (--trainer.strategy ddp) or under FSDP2 (--trainer.strategy "
         f"fsdp2), not under {type(strategy).__name__}"
     )
+
+
+def check_adapter_strategy(strategy: Strategy, module_name: str, four_bit: bool) -> None:
+    """Refuse LoRA adapters under a sharded strategy that cannot resume their checkpoints, and 4-bit weights under
+    FSDP2.
+
+    Raises:
+        ConfigError: Lightning's own ``ModelParallelStrategy`` (its resume needs every weight in the checkpoint
+            folder; use ``fsdp2``), or ``load_in_4bit`` under FSDP2.
+    """
+    if not is_fsdp2(strategy):
+        return
+    if four_bit:
+        raise ConfigError(
+            f"{module_name}: load_in_4bit cannot be sharded with FSDP2 (bitsandbytes' 4-bit weights are not "
+            "shardable tensors); train 4-bit adapters on one GPU or under --trainer.strategy ddp"
+        )
+    if not isinstance(strategy, FSDP2Strategy):
+        raise ConfigError(
+            f"{module_name} with peft_config shards with --trainer.strategy fsdp2, not ModelParallelStrategy: its "
+            "checkpoints hold only the adapters, which only fsdp2 resumes from"
+        )
 
 
 def check_strategy_name(name: str, module_name: str) -> None:

@@ -33,9 +33,10 @@ def merge_lora_state_dict(
     state: Mapping[str, torch.Tensor],
     scalings: Mapping[str, float],
     adapter: str = "default",
-    fan_in_fan_out: bool = False,
+    fan_in_fan_out: bool | Mapping[str, bool] = False,
 ) -> dict[str, torch.Tensor]:
-    """The plain model's state dict from a ``PeftModel``'s, with each LoRA update added to its base weight.
+    """The plain model's state dict from an adapted one's (LoRA layers in place, or a ``PeftModel``'s), with each
+    LoRA update added to its base weight.
 
     ``<m>.base_layer.weight`` + ``scaling * <m>.lora_B.<adapter>.weight @ <m>.lora_A.<adapter>.weight`` becomes
     ``<m>.weight`` (in the base weight's dtype); ``<m>.base_layer.bias`` becomes ``<m>.bias``; a fully trained copy
@@ -43,11 +44,12 @@ def merge_lora_state_dict(
     ``base_model.model.`` prefix is removed. Other keys pass through.
 
     Args:
-        state: a ``PeftModel`` state dict (full tensors).
+        state: the adapted model's state dict (full tensors).
         scalings: ``{module name as in state without the prefix: scaling}`` for each LoRA module, e.g.
             ``{"model.layers.0.self_attn.q_proj": 2.0}``.
         adapter: the adapter's name.
-        fan_in_fan_out: base weights are stored transposed (see :func:`lora_delta`).
+        fan_in_fan_out: base weights are stored transposed (see :func:`lora_delta`): for every module, or
+            ``{module name: flag}`` per module (missing names: ``False``).
 
     Returns:
         A state dict that ``from_pretrained`` of the base architecture loads.
@@ -62,7 +64,8 @@ def merge_lora_state_dict(
         base = plain[f"{module}.base_layer.weight"]
         a = plain[f"{module}.lora_A.{adapter}.weight"]
         b = plain[f"{module}.lora_B.{adapter}.weight"]
-        merged[f"{module}.weight"] = (base.float() + lora_delta(a, b, scaling, fan_in_fan_out)).to(base.dtype)
+        transposed = fan_in_fan_out.get(module, False) if isinstance(fan_in_fan_out, Mapping) else fan_in_fan_out
+        merged[f"{module}.weight"] = (base.float() + lora_delta(a, b, scaling, transposed)).to(base.dtype)
         lora_keys.update({f"{module}.base_layer.weight", f"{module}.lora_A.{adapter}.weight"})
         lora_keys.add(f"{module}.lora_B.{adapter}.weight")
     for key, value in plain.items():

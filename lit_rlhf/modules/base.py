@@ -18,9 +18,10 @@ from lit_rlhf.checkpoint_checks import CheckpointMismatchError  # noqa: F401 (li
 from lit_rlhf.checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
 from lit_rlhf.errors import UserError  # noqa: F401
 from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
+from lit_rlhf.models.adapters import AdaptersDisabled, apply_adapters, is_adapted, save_merged_and_adapter
 from lit_rlhf.resume_logging import purge_logs_from
 from lit_rlhf.sharding import full_state_dict, is_sharded, mixed_precision_policy, shard_model
-from lit_rlhf.strategies import check_strategy, fsdp_param_dtype, is_fsdp2
+from lit_rlhf.strategies import check_adapter_strategy, check_strategy, fsdp_param_dtype, is_fsdp2
 
 CHECKPOINT_KEY = "lit_rlhf"
 
@@ -73,6 +74,11 @@ def qualified_name(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def adapter_export_path(path: str) -> str:
+    """Where the adapter of the model exported to ``path`` goes: ``hf`` -> ``hf_adapter``."""
+    return os.path.normpath(path) + "_adapter"
+
+
 class RLHFModule(L.LightningModule):
     """Base LightningModule of lit_rlhf.
 
@@ -103,6 +109,11 @@ class RLHFModule(L.LightningModule):
             settings = ckpt_checks.run_settings(self.trainer)
             meta["world_size"] = settings.pop("world_size")
             meta["run"] = settings
+        if self.adapted() and checkpoint.get("state_dict") is not None:
+            # The frozen base weights are reloaded from their source: only what trains is saved.
+            frozen = self.frozen_state_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+            meta["adapters"] = True
         if getattr(self, "tokenizer", None) is not None:
             if getattr(self, "_tokenizer_fingerprint", None) is None:
                 self._tokenizer_fingerprint = ckpt_checks.tokenizer_fingerprint(self.tokenizer)
@@ -130,8 +141,18 @@ class RLHFModule(L.LightningModule):
         ckpt_checks.check_module_class(meta, qualified_name(self), where)
         if getattr(self, "tokenizer", None) is not None:
             ckpt_checks.check_tokenizer(meta, ckpt_checks.tokenizer_fingerprint(self.tokenizer), where)
+        if self.adapted():
+            ckpt_checks.check_adapter_state(meta, checkpoint.get("state_dict"), self.frozen_state_keys(), where)
+        elif meta.get("adapters"):
+            raise CheckpointMismatchError(
+                f"{where} holds LoRA adapters only (written with model.init_args.peft_config), and this config has no "
+                "peft_config: resume with the peft_config of the run that wrote it"
+            )
         if checkpoint.get("state_dict"):
-            ckpt_checks.check_state_shapes(checkpoint["state_dict"], self.state_dict(), where, self.strict_loading)
+            own = self.state_dict()
+            if self.adapted():
+                own = {k: v for k, v in own.items() if k not in self.frozen_state_keys()}
+            ckpt_checks.check_state_shapes(checkpoint["state_dict"], own, where, strict=True)
         if trainer is not None and trainer.state.fn == "fit":
             ckpt_checks.check_run_settings(meta, where, **ckpt_checks.run_settings(trainer))
             applied = ckpt_checks.check_settings(checkpoint.get("hyper_parameters") or {}, self.hparams, where)
@@ -195,7 +216,31 @@ class RLHFModule(L.LightningModule):
             check_strategy(self.trainer.strategy, type(self).__name__)
             if is_fsdp2(self.trainer.strategy):
                 fsdp_param_dtype(self.trainer.precision, self.device)  # refuses 16-mixed
+            if self.adapted():
+                check_adapter_strategy(self.trainer.strategy, type(self).__name__, self.hparams.get("load_in_4bit"))
         self._install_checkpoint_io()
+
+    # -- LoRA adapters -----------------------------------------------------------------------------------------------
+
+    def add_adapters(
+        self, model: torch.nn.Module, peft_config: Any, trained_heads: tuple[str, ...] = ()
+    ) -> torch.nn.Module:
+        """Inject the LoRA adapters of ``peft_config`` into ``model`` (:func:`~lit_rlhf.models.adapters.apply_adapters`:
+        its own weights frozen, the adapters and ``trained_heads`` trained). Checkpoints then hold only what trains:
+        loading them is not strict about the frozen weights, which come from the model's source
+        (:meth:`frozen_state_keys`)."""
+        apply_adapters(model, peft_config, "model.init_args.peft_config", trained_heads)
+        self.strict_loading = False
+        return model
+
+    def adapted(self) -> bool:
+        """Whether a model this module trains holds LoRA adapters."""
+        return any(is_adapted(model) for model in self.trained_models())
+
+    def frozen_state_keys(self) -> set[str]:
+        """The state-dict keys of the frozen parameters (the base weights under LoRA adapters), kept out of
+        checkpoints."""
+        return {name for name, param in self.named_parameters() if not param.requires_grad}
 
     # -- FSDP2 ------------------------------------------------------------------------------------------------------
 
@@ -224,7 +269,8 @@ class RLHFModule(L.LightningModule):
             shard_model(model, dp_mesh, policy)
         if self.shard_frozen_models:
             for model in self.frozen_models():
-                shard_model(model, dp_mesh, policy)
+                if not isinstance(model, AdaptersDisabled):  # the policy itself, sharded above
+                    shard_model(model, dp_mesh, policy)
 
     def _install_checkpoint_io(self) -> None:
         if self._trainer is not None:
@@ -258,18 +304,29 @@ class RLHFModule(L.LightningModule):
     def export_hf(self, path: str) -> None:
         """Save the model and tokenizer with ``save_pretrained`` (safetensors) into ``path``, on global rank 0.
 
-        Every process must call it: under FSDP2 the full weights are gathered to rank 0 one tensor at a time.
+        Every process must call it: under FSDP2 the full weights are gathered to rank 0 one tensor at a time. With
+        LoRA adapters ``path`` holds the merged model and ``<path>_adapter`` the adapter (:meth:`save_model_hf`).
         """
-        self.save_model_hf(self.model, path)
+        hp = self.hparams
+        self.save_model_hf(self.model, path, hp.get("model_name_or_path") or hp.get("policy_name_or_path"))
 
-    def save_model_hf(self, model: torch.nn.Module, path: str) -> None:
+    def save_model_hf(self, model: torch.nn.Module, path: str, base: str | None = None) -> None:
         """``model`` and the tokenizer into the ``save_pretrained`` folder ``path`` (written by global rank 0; a
-        sharded model is gathered first, a collective every process takes part in)."""
+        sharded model is gathered first, a collective every process takes part in).
+
+        A model with LoRA adapters is saved merged into ``path`` (a plain model, loadable by ``transformers``) and its
+        adapter alone into ``<path>_adapter`` (loadable by ``peft`` onto the base model ``base``).
+        """
         state_dict = full_state_dict(model) if is_sharded(model) else None
         if self._trainer is not None and not self.trainer.is_global_zero:
             return
         os.makedirs(path, exist_ok=True)
-        model.save_pretrained(path, **({} if state_dict is None else {"state_dict": state_dict}))
+        if is_adapted(model):
+            adapter_path = adapter_export_path(path)
+            save_merged_and_adapter(model, path, adapter_path, state_dict, base)
+            self.tokenizer.save_pretrained(adapter_path)
+        else:
+            model.save_pretrained(path, **({} if state_dict is None else {"state_dict": state_dict}))
         self.tokenizer.save_pretrained(path)
 
     def build_optimizer(

@@ -247,6 +247,12 @@ def check_reward_options(values: Mapping[str, Any]) -> None:
     """
     check_options(values, REWARD_RULES)
     check_not_both(values, "padding_free", "gradient_checkpointing")
+    if values.get("freeze_backbone") and values.get("peft_config") is not None:
+        raise ConfigError(
+            f"{MODEL_PREFIX}freeze_backbone and {MODEL_PREFIX}peft_config are both set, but LoRA trains adapters on "
+            "the backbone; set freeze_backbone false (with peft_config the head trains in full and the backbone "
+            "through its adapters) or peft_config null"
+        )
 
 
 def check_not_both(values: Mapping[str, Any], option: str, other: str = "gradient_checkpointing") -> None:

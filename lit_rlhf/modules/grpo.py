@@ -12,6 +12,7 @@ from lit_rlhf.functional.grpo import LossAveraging, group_advantages, grpo_loss,
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.models.adapters import LoraConfig, lora_settings
 from lit_rlhf.models.shared_prompt import first_rows
 from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
 from lit_rlhf.modules.checks import check_grpo_options, check_minibatch_split
@@ -114,6 +115,12 @@ class GRPOModule(OnlineRLModule):
         gather_for_sampling: under FSDP2, gather the whole policy once per rollout and keep it until sampling ends;
             ``false`` gathers one decoder block at a time at every generated token (slower; for a policy whose whole
             weights do not fit on one device beside the rest).
+        peft_config: LoRA adapters on the policy (``class_path: peft.LoraConfig`` with its ``init_args``): only they
+            train, the reference is the policy with its adapters switched off (no second copy is loaded), checkpoints
+            hold only the adapters, and the export is ``hf/`` (merged) plus ``hf_adapter/``. ``null``: full
+            fine-tuning.
+        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config``, a CUDA GPU and
+            ``bitsandbytes``).
     """
 
     def __init__(
@@ -153,11 +160,14 @@ class GRPOModule(OnlineRLModule):
         max_nonfinite_steps: int | None = 3,
         shard_frozen_models: bool = True,
         gather_for_sampling: bool = True,
+        peft_config: LoraConfig | None = None,
+        load_in_4bit: bool = False,
     ) -> None:
         super().__init__()
         check_grpo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
-        self.save_hyperparameters(ignore=["rewards"])
+        self.save_hyperparameters(ignore=["rewards", "peft_config"])
+        self.hparams["peft_config"] = lora_settings(peft_config)
         self.automatic_optimization = False
         self.shard_frozen_models = shard_frozen_models
         self.setup_nonfinite_guard({"policy": "learning_rate"}, max_nonfinite_steps, "the rewards")
@@ -168,6 +178,8 @@ class GRPOModule(OnlineRLModule):
             model_config,
             with_reference=beta > 0,
             attn_implementation=attn_implementation,
+            peft_config=peft_config,
+            load_in_4bit=load_in_4bit,
         )
 
     def setup(self, stage: str) -> None:

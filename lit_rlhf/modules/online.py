@@ -12,6 +12,7 @@ import torch
 
 from lit_rlhf.functional.ppo import masked_mean_var, mean_var_from_sums, mean_var_to_sums
 from lit_rlhf.generation import generate_for_batch
+from lit_rlhf.models.adapters import AdaptersDisabled, quantized_load
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.modules.base import CHECKPOINT_KEY
 from lit_rlhf.modules.nonfinite import GuardedModule
@@ -56,13 +57,25 @@ class OnlineRLModule(GuardedModule):
         model_config: dict[str, Any] | None,
         with_reference: bool = True,
         attn_implementation: str | None = None,
+        peft_config: Any = None,
+        load_in_4bit: bool = False,
     ) -> None:
-        """Set ``self.tokenizer``, ``self.model`` (trained) and, with ``with_reference``, the frozen reference."""
+        """Set ``self.tokenizer``, ``self.model`` (trained) and, with ``with_reference``, the frozen reference.
+
+        With ``peft_config`` the policy trains LoRA adapters and the reference is the policy with its adapters
+        switched off (:class:`~lit_rlhf.models.adapters.AdaptersDisabled`): no second copy of the model is loaded.
+        """
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or policy_name_or_path)
-        load = {"config_overrides": model_config, "attn_implementation": attn_implementation}
-        self.model = load_causal_lm(policy_name_or_path, self.tokenizer, **load)
+        quantized = quantized_load(load_in_4bit, policy_name_or_path, peft_config)
+        overrides = {**(model_config or {}), **quantized.load_kwargs}
+        load = {"config_overrides": overrides, "attn_implementation": attn_implementation}
+        self.model = quantized.prepare(load_causal_lm(policy_name_or_path, self.tokenizer, **load), False)
         self._frozen: dict[str, torch.nn.Module] = {}  # a plain dict: not submodules, so not in the checkpoint
-        if with_reference:
+        if peft_config is not None:
+            self.add_adapters(self.model, peft_config)
+            if with_reference:
+                self._frozen["reference"] = AdaptersDisabled(self.model)
+        elif with_reference:
             reference = load_causal_lm(policy_name_or_path, self.tokenizer, **load).eval()
             reference.requires_grad_(False)
             self._frozen["reference"] = reference

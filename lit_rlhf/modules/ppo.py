@@ -15,6 +15,7 @@ from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from lit_rlhf.functional.schedules import ScheduleName
 from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.models.adapters import LoraConfig, lora_settings, quantized_load
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.models.scoring import load_reward_model
 from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
@@ -100,6 +101,13 @@ class PPOModule(OnlineRLModule):
         gather_for_sampling: under FSDP2, gather the whole policy once per rollout and keep it until sampling ends;
             ``false`` gathers one decoder block at a time at every generated token (slower; for a policy whose whole
             weights do not fit on one device beside the rest).
+        peft_config: LoRA adapters (``class_path: peft.LoraConfig`` with its ``init_args``) on the actor and, with
+            their own weights, on the critic, whose value head trains in full. Only they train; the reference is the
+            actor with its adapters switched off (no second copy is loaded); checkpoints hold only what trains; the
+            export is ``hf/`` and ``hf_critic/`` (merged) plus ``hf_adapter/`` and ``hf_critic_adapter/``.
+            ``null``: full fine-tuning.
+        load_in_4bit: load the frozen base weights of actor and critic in 4 bits (QLoRA; needs ``peft_config``, a
+            CUDA GPU and ``bitsandbytes``).
     """
 
     def __init__(
@@ -141,11 +149,14 @@ class PPOModule(OnlineRLModule):
         max_nonfinite_steps: int | None = 3,
         shard_frozen_models: bool = True,
         gather_for_sampling: bool = True,
+        peft_config: LoraConfig | None = None,
+        load_in_4bit: bool = False,
     ) -> None:
         super().__init__()
         check_ppo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
-        self.save_hyperparameters(ignore=["reward"])
+        self.save_hyperparameters(ignore=["reward", "peft_config"])
+        self.hparams["peft_config"] = lora_settings(peft_config)
         self.automatic_optimization = False
         self.shard_frozen_models = shard_frozen_models
         self.setup_nonfinite_guard(
@@ -158,14 +169,21 @@ class PPOModule(OnlineRLModule):
             model_config,
             with_reference=True,
             attn_implementation=attn_implementation,
+            peft_config=peft_config,
+            load_in_4bit=load_in_4bit,
         )
+        critic_source = critic_name_or_path or policy_name_or_path
+        critic_quantized = quantized_load(load_in_4bit, critic_source, peft_config)
         self.critic = load_reward_model(
-            critic_name_or_path or policy_name_or_path,
+            critic_source,
             self.tokenizer,
-            config_overrides=model_config,
+            config_overrides={**(model_config or {}), **critic_quantized.load_kwargs},
             zero_head=True,
             attn_implementation=attn_implementation,
         )
+        self.critic = critic_quantized.prepare(self.critic, False)
+        if peft_config is not None:
+            self.add_adapters(self.critic, peft_config, trained_heads=("score",))
         if padding_free:
             check_padding_free(self.model)
             check_padding_free(self.critic)
@@ -372,6 +390,9 @@ class PPOModule(OnlineRLModule):
             self.kl_controller.load_state_dict(state["kl"])
 
     def export_hf(self, path: str) -> None:
-        """The policy into ``path`` and the critic into ``<path>_critic``, each with the tokenizer."""
-        super().export_hf(path)
-        self.save_model_hf(self.critic, os.path.normpath(path) + "_critic")
+        """The policy into ``path`` and the critic into ``<path>_critic``, each with the tokenizer (with adapters: each
+        merged, and its adapter into ``<path>_adapter`` and ``<path>_critic_adapter``)."""
+        hp = self.hparams
+        self.save_model_hf(self.model, path, hp.policy_name_or_path)
+        critic_path = os.path.normpath(path) + "_critic"
+        self.save_model_hf(self.critic, critic_path, hp.critic_name_or_path or hp.policy_name_or_path)

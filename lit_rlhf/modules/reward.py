@@ -9,6 +9,7 @@ from torchmetrics import CatMetric
 
 from lit_rlhf.functional.reward import bradley_terry_loss, prefix_pair_loss
 from lit_rlhf.functional.schedules import ScheduleName
+from lit_rlhf.models.adapters import LoraConfig, lora_settings, quantized_load
 from lit_rlhf.models.loading import load_tokenizer
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.models.scoring import (
@@ -54,6 +55,11 @@ class RewardModule(GuardedModule):
             transformers choose (``sdpa`` where the model supports it).
         gradient_checkpointing: trade compute for memory on large models.
         freeze_backbone: train only the score head (a linear probe on the SFT features).
+        peft_config: LoRA adapters on the backbone (``class_path: peft.LoraConfig`` with its ``init_args``), the
+            score head trained in full beside them; checkpoints hold only those, and the export is ``hf/`` (merged, a
+            plain model) plus ``hf_adapter/`` (the adapter and the head, for ``peft``). ``null``: full fine-tuning.
+        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config``, a CUDA GPU and
+            ``bitsandbytes``).
         center_coef: weight of ``mean((r_chosen + r_rejected)^2)``, keeping scores centred (TRL uses 0.01).
         prefix_loss_coef: weight of :func:`~lit_rlhf.functional.reward.prefix_pair_loss`, a Bradley-Terry loss on
             every aligned prefix after the two responses part, for pairs whose row says ``chosen_correct: true``
@@ -93,6 +99,8 @@ class RewardModule(GuardedModule):
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         freeze_backbone: bool = False,
+        peft_config: LoraConfig | None = None,
+        load_in_4bit: bool = False,
         center_coef: float = 0.0,
         prefix_loss_coef: float = 0.0,
         shared_prompt_forward: bool = False,
@@ -110,21 +118,26 @@ class RewardModule(GuardedModule):
         super().__init__()
         check_reward_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["peft_config"])
+        self.hparams["peft_config"] = lora_settings(peft_config)
         self.setup_nonfinite_guard({"model": "learning_rate"}, max_nonfinite_steps, "the pairs and their margins")
+        quantized = quantized_load(load_in_4bit, model_name_or_path, peft_config)
         source = tokenizer_name_or_path or model_name_or_path
         self.tokenizer = load_tokenizer(source, pad_with_eos=False, trust_remote_code=trust_remote_code)
         ensure_distinct_pad(self.tokenizer, pad_token, source)
         self.model = load_reward_model(
             model_name_or_path,
             self.tokenizer,
-            config_overrides=model_config,
+            config_overrides={**(model_config or {}), **quantized.load_kwargs},
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
         )
+        self.model = quantized.prepare(self.model, gradient_checkpointing)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if peft_config is not None:
+            self.add_adapters(self.model, peft_config, trained_heads=("score",))
         if padding_free:
             check_padding_free(self.model)
         if freeze_backbone:

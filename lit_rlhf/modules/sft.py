@@ -18,6 +18,7 @@ from lit_rlhf.functional.sft import (
     token_cross_entropy,
 )
 from lit_rlhf.generation import generate_for_batch
+from lit_rlhf.models.adapters import LoraConfig, lora_settings, quantized_load
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
@@ -47,6 +48,12 @@ class SFTModule(GuardedModule):
         attn_implementation: attention kernel (``eager``, ``sdpa``, ``flash_attention_2``, ...); ``null`` lets
             transformers choose (``sdpa`` where the model supports it).
         gradient_checkpointing: trade compute for memory on large models.
+        peft_config: LoRA adapters (``class_path: peft.LoraConfig`` with its ``init_args``: ``r``, ``lora_alpha``,
+            ``lora_dropout``, ``target_modules`` ...): only they train, checkpoints hold only them, and the export is
+            ``hf/`` (merged, a plain model) plus ``hf_adapter/`` (the adapter alone, for ``peft``). ``null``: full
+            fine-tuning.
+        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config``, a CUDA GPU and
+            ``bitsandbytes``).
         length_chunks: run each training batch as up to this many forward passes over rows of similar length,
             each cut to its own longest row (:func:`~lit_rlhf.functional.padding.length_chunks` picks the cuts
             that leave the fewest pad positions). The batch, its loss and its gradient stay the same (up to float
@@ -83,6 +90,8 @@ class SFTModule(GuardedModule):
         trust_remote_code: bool = False,
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
+        peft_config: LoraConfig | None = None,
+        load_in_4bit: bool = False,
         length_chunks: int = 1,
         padding_free: bool = False,
         learning_rate: float = 2e-5,
@@ -100,21 +109,26 @@ class SFTModule(GuardedModule):
         super().__init__()
         check_sft_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["peft_config"])
+        self.hparams["peft_config"] = lora_settings(peft_config)
         self.setup_nonfinite_guard({"model": "learning_rate"}, max_nonfinite_steps, "the training rows")
+        quantized = quantized_load(load_in_4bit, model_name_or_path, peft_config)
         self.tokenizer = load_tokenizer(
             tokenizer_name_or_path or model_name_or_path, trust_remote_code=trust_remote_code
         )
         self.model = load_causal_lm(
             model_name_or_path,
             self.tokenizer,
-            config_overrides=model_config,
+            config_overrides={**(model_config or {}), **quantized.load_kwargs},
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
         )
+        self.model = quantized.prepare(self.model, gradient_checkpointing)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if peft_config is not None:
+            self.add_adapters(self.model, peft_config)
         if padding_free:
             check_padding_free(self.model)
         self.val_loss = MeanMetric()

@@ -73,7 +73,8 @@ def test_a_reward_model_trains_its_score_head_in_full_and_exports_it(tokenizer, 
         LlamaForSequenceClassification(config), LoraConfig(r=2, target_modules="all-linear"), OPTION, ("score",)
     )
     trainable = [name for name, p in scorer.named_parameters() if p.requires_grad and "lora_" not in name]
-    assert trainable == ["base_model.model.score.modules_to_save.default.weight"]
+    assert trainable == ["score.weight"]
+    assert not [name for name in dict(scorer.named_modules()) if name.startswith("score.")]  # no adapters on the head
     trained(scorer)
     scorer.eval()
     ids = torch.randint(4, len(tokenizer), (2, 6))
@@ -94,6 +95,38 @@ def test_a_reward_model_trains_its_score_head_in_full_and_exports_it(tokenizer, 
 def test_adapters_that_cannot_be_trained_or_merged_are_refused_naming_the_option(tokenizer, config, message):
     with pytest.raises(ConfigError, match=f"^{OPTION}.*{message}"):
         apply_adapters(tiny(tokenizer), config, OPTION)
+
+
+def test_the_adapter_of_a_reward_model_reloads_with_peft_with_its_head(tokenizer, tmp_path):
+    config = tiny(tokenizer).config
+    config = config.__class__.from_dict({**config.to_dict(), "num_labels": 1, "id2label": {0: "LABEL_0"}})
+    torch.manual_seed(1)
+    base = LlamaForSequenceClassification(config)
+    base.save_pretrained(tmp_path / "base")
+    scorer = apply_adapters(base, LoraConfig(r=2, target_modules="all-linear"), OPTION, ("score",))
+    trained(scorer)
+    scorer.eval()
+    ids = torch.randint(4, len(tokenizer), (2, 6))
+    expected = scorer(input_ids=ids).logits
+    save_merged_and_adapter(scorer, str(tmp_path / "hf"), str(tmp_path / "hf_adapter"), base=str(tmp_path / "base"))
+    fresh = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base")
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "hf_adapter").eval()
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_gpt2_conv1d_layers_merge_transposed(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16))
+    adapted = apply_adapters(model, LoraConfig(r=2, target_modules=["c_attn", "c_fc"]), OPTION)
+    trained(adapted)
+    adapted.eval()
+    ids = torch.randint(0, 40, (2, 5))
+    expected = adapted(input_ids=ids).logits
+    save_merged_and_adapter(adapted, str(tmp_path / "hf"), str(tmp_path / "hf_adapter"))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_config_that_is_not_lora_is_refused(tokenizer):
