@@ -14,6 +14,7 @@ import copy
 import enum
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -114,7 +115,11 @@ def _plain(value: Any) -> Any:
 
 
 def apply_adapters(
-    model: torch.nn.Module, peft_config: Any, option: str, trained_heads: tuple[str, ...] = ()
+    model: torch.nn.Module,
+    peft_config: Any,
+    option: str,
+    trained_heads: tuple[str, ...] = (),
+    adapter: str = ADAPTER,
 ) -> torch.nn.Module:
     """Inject LoRA adapters from ``peft_config`` into ``model``: its own weights frozen, the adapters and
     ``trained_heads`` trainable.
@@ -125,6 +130,8 @@ def apply_adapters(
         option: the option's name in messages (``model.init_args.peft_config``).
         trained_heads: top-level modules trained in full beside the adapters (``("score",)``: a reward model's or a
             critic's head); they get no adapters of their own.
+        adapter: the adapter's name. A second adapter (another name) goes beside the first on the same layers,
+            trained but not active: :func:`active_adapter` runs the model with it.
 
     Returns:
         ``model`` itself, with the adapters in place.
@@ -145,7 +152,7 @@ def apply_adapters(
             f"{option}.modules_to_save is not supported: lit_rlhf trains the score head of a reward model or critic "
             "in full by itself; remove modules_to_save"
         )
-    if is_adapted(model):
+    if is_adapted(model) and adapter in getattr(model, "_lit_rlhf_lora", {ADAPTER: None}):
         raise ConfigError(f"{option}: the model already holds LoRA layers; load a model without adapters")
     config = copy.deepcopy(peft_config)
     if trained_heads:  # the heads train in full: no adapters on them (``all-linear`` would add some)
@@ -154,8 +161,11 @@ def apply_adapters(
             config.exclude_modules = "|".join([f"(?:{excluded})", *trained_heads])
         else:
             config.exclude_modules = [*(excluded or []), *trained_heads]
+    active = {name: layer._active_adapter for name, layer in lora_layers(model).items()}
     try:
-        peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+        with warnings.catch_warnings():  # a second adapter beside the first is what is asked for
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            peft.inject_adapter_in_model(config, model, adapter_name=adapter)
     except ValueError as err:  # NoMatchingPeftModuleError, unsupported layer or model types
         message = " ".join(str(err).split())
         raise ConfigError(
@@ -168,9 +178,16 @@ def apply_adapters(
             f"{option}: LoRA on {', '.join(other)} layers is not supported (lit_rlhf merges adapters of linear layers "
             "only); restrict target_modules to linear layers"
         )
+    for name, layer in lora_layers(model).items():  # the first adapter stays the active one
+        if name in active:
+            layer._active_adapter = active[name]
     for head in trained_heads:
         model.get_submodule(head).requires_grad_(True)
-    model._lit_rlhf_lora = {"config": config, "trained_heads": tuple(trained_heads)}
+    for name, param in model.named_parameters():  # peft leaves an adapter that is not the active one frozen
+        if f".lora_A.{adapter}." in name or f".lora_B.{adapter}." in name:
+            param.requires_grad_(True)
+    infos = getattr(model, "_lit_rlhf_lora", {})
+    model._lit_rlhf_lora = {**infos, adapter: {"config": config, "trained_heads": tuple(trained_heads)}}
     return model
 
 
@@ -182,6 +199,20 @@ def lora_scalings(model: torch.nn.Module, adapter: str = ADAPTER) -> dict[str, f
 def lora_fan_in_fan_out(model: torch.nn.Module) -> dict[str, bool]:
     """``{module name: base weight stored (in, out)}`` of every LoRA layer (GPT-2's ``Conv1D`` layers are)."""
     return {name: bool(getattr(m, "fan_in_fan_out", False)) for name, m in lora_layers(model).items()}
+
+
+@contextlib.contextmanager
+def active_adapter(model: torch.nn.Module, adapter: str) -> Iterator[None]:
+    """Run ``model`` with adapter ``adapter`` only inside the block (the others are present but not applied)."""
+    layers = [layer for layer in lora_layers(model).values() if adapter in layer.lora_A]
+    before = [layer._active_adapter for layer in layers]
+    for layer in layers:
+        layer._active_adapter = [adapter]
+    try:
+        yield
+    finally:
+        for layer, state in zip(layers, before):
+            layer._active_adapter = state
 
 
 @contextlib.contextmanager
@@ -202,35 +233,46 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
             layer._disable_adapters = state
 
 
-def merged_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The model's state dict without LoRA layers, each adapter merged into its base weight
-    (:func:`~lit_rlhf.functional.lora.merge_lora_state_dict`).
+def merged_state_dict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None, adapter: str = ADAPTER
+) -> dict[str, torch.Tensor]:
+    """The model's state dict without LoRA layers, adapter ``adapter`` merged into the base weights (any other
+    adapter left out) (:func:`~lit_rlhf.functional.lora.merge_lora_state_dict`).
 
     Args:
         model: the adapted model.
         state: its full state dict when the caller has it (gathered from shards); default ``model.state_dict()``.
+        adapter: the adapter merged.
     """
     if state is None:
         state = dequantized_state_dict(model) or model.state_dict()
-    return merge_lora_state_dict(state, lora_scalings(model), ADAPTER, lora_fan_in_fan_out(model))
+    return merge_lora_state_dict(state, lora_scalings(model, adapter), adapter, lora_fan_in_fan_out(model))
 
 
-def adapter_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The adapter's weights keyed as ``peft`` saves them: ``base_model.model.<layer>.lora_A.weight`` ..., and each
-    trained head's as ``base_model.model.<head>.weight`` (``peft`` restores it through ``modules_to_save``)."""
+def adapter_state_dict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None, adapter: str = ADAPTER
+) -> dict[str, torch.Tensor]:
+    """Adapter ``adapter``'s weights keyed as ``peft`` saves them: ``base_model.model.<layer>.lora_A.weight`` ...,
+    and each trained head's as ``base_model.model.<head>.weight`` (``peft`` restores it through
+    ``modules_to_save``)."""
     state = model.state_dict() if state is None else state
-    heads = model._lit_rlhf_lora["trained_heads"]
+    heads = model._lit_rlhf_lora[adapter]["trained_heads"]
     saved = {}
     for key, value in state.items():
-        if f".lora_A.{ADAPTER}." in key or f".lora_B.{ADAPTER}." in key:
-            saved[ADAPTER_PREFIX + key.replace(f".{ADAPTER}.", ".")] = value
+        if f".lora_A.{adapter}." in key or f".lora_B.{adapter}." in key:
+            saved[ADAPTER_PREFIX + key.replace(f".{adapter}.", ".")] = value
         elif any(key.startswith(f"{head}.") for head in heads):
             saved[ADAPTER_PREFIX + key] = value
     return saved
 
 
 def save_adapter(
-    model: torch.nn.Module, path: str, state: dict[str, torch.Tensor] | None = None, base: str | None = None
+    model: torch.nn.Module,
+    path: str,
+    state: dict[str, torch.Tensor] | None = None,
+    base: str | None = None,
+    adapter: str = ADAPTER,
+    heads: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """``path``: the adapter alone, as ``peft`` writes one (``adapter_config.json``, ``adapter_model.safetensors``);
     ``PeftModel.from_pretrained(<base model>, path)`` loads it.
@@ -240,17 +282,21 @@ def save_adapter(
         path: the folder.
         state: its full state dict (gathered from shards); default ``model.state_dict()``.
         base: where the base model was loaded from, recorded as ``base_model_name_or_path``.
+        adapter: the adapter saved.
+        heads: more fully trained weights held outside ``model`` (``{"score.weight": ...}``), saved as heads.
     """
     from safetensors.torch import save_file
 
-    info = model._lit_rlhf_lora
+    info = model._lit_rlhf_lora[adapter]
     config = copy.deepcopy(info["config"])
-    config.modules_to_save = list(info["trained_heads"]) or None
+    head_names = [*info["trained_heads"], *sorted({key.split(".")[0] for key in heads or {}})]
+    config.modules_to_save = head_names or None
     config.base_model_name_or_path = base
     config.inference_mode = True
     os.makedirs(path, exist_ok=True)
     config.save_pretrained(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(model, state).items()}
+    saved = {**adapter_state_dict(model, state, adapter), **{ADAPTER_PREFIX + k: v for k, v in (heads or {}).items()}}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in saved.items()}
     save_file(tensors, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
 
 

@@ -277,6 +277,14 @@ def check_ppo_options(values: Mapping[str, Any]) -> None:
         ConfigError: naming the first option out of range.
     """
     check_options(values, PPO_RULES)
+    backbone = values.get("critic_backbone", "separate")
+    if backbone not in ("separate", "shared"):
+        raise config_error(f"{MODEL_PREFIX}critic_backbone", "separate or shared", backbone)
+    if backbone == "shared" and values.get("peft_config") is None:
+        raise ConfigError(
+            f"{MODEL_PREFIX}critic_backbone shared puts the critic's own LoRA adapter on the policy's frozen backbone, "
+            f"so it needs {MODEL_PREFIX}peft_config; set a peft_config or critic_backbone: separate"
+        )
 
 
 def check_grpo_options(values: Mapping[str, Any]) -> None:

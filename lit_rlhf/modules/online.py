@@ -219,8 +219,9 @@ class OnlineRLModule(GuardedModule):
         micro-batches, skipped steps included (a non-finite loss shows in the logged means).
 
         Args:
-            optimizer: the ``LightningOptimizer`` of ``module``.
-            module: the model it steps.
+            optimizer: the ``LightningOptimizer`` of ``module``; the parameters it holds are the ones averaged over
+                processes and checked.
+            module: the model it steps (whether it is sharded).
             micro_batches: the minibatch's micro-batches.
             loss_fn: a micro-batch's loss (a scalar) and statistics.
             weights: each micro-batch's share of the minibatch's loss.
@@ -238,9 +239,9 @@ class OnlineRLModule(GuardedModule):
                 total_loss = total_loss + loss.detach().float() * weight
                 for stat, value in mb_stats.items():
                     stats[stat] = stats.get(stat, 0.0) + float(value.detach()) * weight
-        self._average_gradients(module)
+        params = self._optimizer_parameters(optimizer)
+        self._average_gradients(module, [p for _, p in params])
         step = self._steps_in_iteration[name] = self._steps_in_iteration.get(name, 0) + 1
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         problem = self.nonfinite_problem(total_loss, params, quantity=loss_name)
         if problem is not None:
             optimizer.zero_grad()
@@ -263,12 +264,16 @@ class OnlineRLModule(GuardedModule):
         else:
             yield
 
-    def _average_gradients(self, module: torch.nn.Module) -> None:
-        """Average ``module``'s gradients over the processes (DDP); a sharded model's come out of its backward
+    def _optimizer_parameters(self, optimizer: Any) -> list[tuple[str, torch.nn.Parameter]]:
+        """The parameters ``optimizer`` steps, with their names in this module, in the module's order."""
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [(n, p) for n, p in self.named_parameters() if id(p) in held]
+
+    def _average_gradients(self, module: torch.nn.Module, params: list[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` over the processes (DDP); a sharded model's come out of its backward
         averaged by FSDP2 already."""
         if self.trainer.world_size <= 1 or is_sharded(module):
             return
-        params = [p for p in module.parameters() if p.requires_grad]
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
+from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.accumulation import micro_batch_weights
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.masking import masked_mean
@@ -18,11 +19,13 @@ from lit_rlhf.generation import decode_responses, generate
 from lit_rlhf.models.adapters import LoraConfig, lora_settings, quantized_load
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.models.scoring import load_reward_model
-from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
+from lit_rlhf.models.shared_critic import SharedBackboneCritic
+from lit_rlhf.modules.base import AdamWImplementation, adamw_flags, adapter_export_path
 from lit_rlhf.modules.checks import check_minibatch_split, check_ppo_options
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rollout import response_logprobs, response_values, select_rows
+from lit_rlhf.strategies import is_fsdp2
 
 
 class Rollout(NamedTuple):
@@ -108,6 +111,10 @@ class PPOModule(OnlineRLModule):
             ``null``: full fine-tuning.
         load_in_4bit: load the frozen base weights of actor and critic in 4 bits (QLoRA; needs ``peft_config``, a
             CUDA GPU and ``bitsandbytes``).
+        critic_backbone: with ``peft_config``, where the critic's adapters sit: ``separate`` (a backbone of its own,
+            loaded from ``critic_name_or_path``) or ``shared`` (the policy's frozen backbone, with a second adapter
+            applied only for values, and a value head: no second backbone is loaded; ``critic_name_or_path`` is
+            then unused, and the critic starts from the SFT features instead of the reward model's). Not under FSDP2.
     """
 
     def __init__(
@@ -151,6 +158,7 @@ class PPOModule(OnlineRLModule):
         gather_for_sampling: bool = True,
         peft_config: LoraConfig | None = None,
         load_in_4bit: bool = False,
+        critic_backbone: Literal["separate", "shared"] = "separate",
     ) -> None:
         super().__init__()
         check_ppo_options(locals())  # every option value, before any model loads
@@ -172,18 +180,11 @@ class PPOModule(OnlineRLModule):
             peft_config=peft_config,
             load_in_4bit=load_in_4bit,
         )
-        critic_source = critic_name_or_path or policy_name_or_path
-        critic_quantized = quantized_load(load_in_4bit, critic_source, peft_config)
-        self.critic = load_reward_model(
-            critic_source,
-            self.tokenizer,
-            config_overrides={**(model_config or {}), **critic_quantized.load_kwargs},
-            zero_head=True,
-            attn_implementation=attn_implementation,
-        )
-        self.critic = critic_quantized.prepare(self.critic, False)
-        if peft_config is not None:
-            self.add_adapters(self.critic, peft_config, trained_heads=("score",))
+        if critic_backbone == "shared":
+            self.critic = SharedBackboneCritic(self.model, peft_config, "model.init_args.peft_config")
+        else:
+            critic_source = critic_name_or_path or policy_name_or_path
+            self.critic = self._load_critic(critic_source, model_config, attn_implementation, peft_config, load_in_4bit)
         if padding_free:
             check_padding_free(self.model)
             check_padding_free(self.critic)
@@ -193,12 +194,40 @@ class PPOModule(OnlineRLModule):
             else FixedKLController(kl_coef)
         )
 
+    def _load_critic(
+        self,
+        critic_source: str,
+        model_config: dict[str, Any] | None,
+        attn_implementation: str | None,
+        peft_config: LoraConfig | None,
+        load_in_4bit: bool,
+    ) -> torch.nn.Module:
+        """The critic as a model of its own: the reward model's (or policy's) backbone with a zero value head, and
+        adapters of its own under ``peft_config``."""
+        critic_quantized = quantized_load(load_in_4bit, critic_source, peft_config)
+        critic = load_reward_model(
+            critic_source,
+            self.tokenizer,
+            config_overrides={**(model_config or {}), **critic_quantized.load_kwargs},
+            zero_head=True,
+            attn_implementation=attn_implementation,
+        )
+        critic = critic_quantized.prepare(critic, False)
+        if peft_config is not None:
+            self.add_adapters(critic, peft_config, trained_heads=("score",))
+        return critic
+
     def trained_models(self) -> list[torch.nn.Module]:
         return [self.model, self.critic]
 
     def setup(self, stage: str) -> None:
         """The online modules' checks, and no more minibatches than the prompts of a training batch."""
         super().setup(stage)
+        if isinstance(self.critic, SharedBackboneCritic) and is_fsdp2(self._trainer and self.trainer.strategy):
+            raise ConfigError(
+                "model.init_args.critic_backbone shared cannot be sharded with FSDP2 (the critic runs the policy's "
+                "body outside its sharded forward); use critic_backbone: separate under --trainer.strategy fsdp2"
+            )
         batch_size = getattr(getattr(self._trainer, "datamodule", None), "batch_size", None)
         if stage == "fit" and isinstance(batch_size, int):
             check_minibatch_split(batch_size, self.hparams.num_minibatches, rows_name="prompts")
@@ -374,12 +403,13 @@ class PPOModule(OnlineRLModule):
             "total_steps": total,
             "implementation": hp.adamw_implementation,
         }
-        actor, actor_sched = self.build_optimizer(
-            list(self.model.named_parameters()), learning_rate=hp.actor_learning_rate, **common
-        )
-        critic, critic_sched = self.build_optimizer(
-            list(self.critic.named_parameters()), learning_rate=hp.critic_learning_rate, **common
-        )
+        critic_params = list(self.critic.named_parameters())
+        if isinstance(self.critic, SharedBackboneCritic):  # its adapter lives in the policy's layers
+            critic_params += self.critic.adapter_parameters()
+        critic_ids = {id(p) for _, p in critic_params}
+        actor_params = [(n, p) for n, p in self.model.named_parameters() if id(p) not in critic_ids]
+        actor, actor_sched = self.build_optimizer(actor_params, learning_rate=hp.actor_learning_rate, **common)
+        critic, critic_sched = self.build_optimizer(critic_params, learning_rate=hp.critic_learning_rate, **common)
         return [actor, critic], [actor_sched, critic_sched]
 
     def extra_state(self) -> dict[str, Any]:
@@ -395,4 +425,10 @@ class PPOModule(OnlineRLModule):
         hp = self.hparams
         self.save_model_hf(self.model, path, hp.policy_name_or_path)
         critic_path = os.path.normpath(path) + "_critic"
-        self.save_model_hf(self.critic, critic_path, hp.critic_name_or_path or hp.policy_name_or_path)
+        if not isinstance(self.critic, SharedBackboneCritic):
+            self.save_model_hf(self.critic, critic_path, hp.critic_name_or_path or hp.policy_name_or_path)
+        elif self._trainer is None or self.trainer.is_global_zero:  # never sharded (refused under FSDP2)
+            adapter_path = adapter_export_path(critic_path)
+            self.critic.save_pretrained_merged(critic_path, adapter_path, base=hp.policy_name_or_path)
+            for folder in (critic_path, adapter_path):
+                self.tokenizer.save_pretrained(folder)
