@@ -425,6 +425,25 @@ def check_adapter_state(meta: Mapping[str, Any], saved: Mapping[str, Any] | None
         )
 
 
+def check_base_fingerprints(meta: Mapping[str, Any], fingerprints: list[str], where: str) -> None:
+    """Refuse adapters trained on other frozen base weights than the run's (its models' sources changed since).
+
+    Args:
+        meta: the checkpoint's lit_rlhf entry (``base_fingerprints``: one hash per adapted model).
+        fingerprints: the run's hashes (:func:`~lit_rlhf.models.adapters.frozen_weights_fingerprint`), same order.
+        where: the checkpoint, as named in the error.
+    """
+    saved = meta.get("base_fingerprints")
+    if saved is None or list(saved) == list(fingerprints):
+        return
+    raise CheckpointMismatchError(
+        f"{where} holds LoRA adapters trained on other base weights than the ones this config loads (weights hash "
+        f"{', '.join(saved)} then, {', '.join(fingerprints)} now): the adapters only fit the base they were trained "
+        "on; point the model paths at the folders the run started from, unchanged (and keep seed_everything for the "
+        "built-in model)"
+    )
+
+
 def learning_rate_names(hparams: Mapping[str, Any]) -> list[str]:
     """The learning-rate setting of each optimizer, in ``configure_optimizers`` order (PPO: actor, then critic)."""
     if "actor_learning_rate" in hparams and "critic_learning_rate" in hparams:

@@ -191,6 +191,22 @@ def apply_adapters(
     return model
 
 
+def frozen_weights_fingerprint(model: torch.nn.Module, samples: int = 256) -> str:
+    """A short hash of ``model``'s frozen weights: names, shapes, dtypes and up to ``samples`` evenly spaced values of
+    each (cheap on any model size). Adapters trained on one base and resumed on another show as a changed hash."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            continue
+        flat = param.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // samples)][:samples].to("cpu", torch.float32)
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def lora_scalings(model: torch.nn.Module, adapter: str = ADAPTER) -> dict[str, float]:
     """``{module name: scaling}`` of every LoRA layer of ``model``."""
     return {name: float(m.scaling[adapter]) for name, m in lora_layers(model).items() if adapter in m.scaling}

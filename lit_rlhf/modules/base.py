@@ -18,7 +18,13 @@ from lit_rlhf.checkpoint_checks import CheckpointMismatchError  # noqa: F401 (li
 from lit_rlhf.checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
 from lit_rlhf.errors import UserError  # noqa: F401
 from lit_rlhf.functional.schedules import ScheduleName, warmup_decay_factor
-from lit_rlhf.models.adapters import AdaptersDisabled, apply_adapters, is_adapted, save_merged_and_adapter
+from lit_rlhf.models.adapters import (
+    AdaptersDisabled,
+    apply_adapters,
+    frozen_weights_fingerprint,
+    is_adapted,
+    save_merged_and_adapter,
+)
 from lit_rlhf.resume_logging import purge_logs_from
 from lit_rlhf.sharding import full_state_dict, is_sharded, mixed_precision_policy, shard_model
 from lit_rlhf.strategies import check_adapter_strategy, check_strategy, fsdp_param_dtype, is_fsdp2
@@ -114,6 +120,7 @@ class RLHFModule(L.LightningModule):
             frozen = self.frozen_state_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
             meta["adapters"] = True
+            meta["base_fingerprints"] = list(getattr(self, "_base_fingerprints", []))
         if getattr(self, "tokenizer", None) is not None:
             if getattr(self, "_tokenizer_fingerprint", None) is None:
                 self._tokenizer_fingerprint = ckpt_checks.tokenizer_fingerprint(self.tokenizer)
@@ -143,6 +150,7 @@ class RLHFModule(L.LightningModule):
             ckpt_checks.check_tokenizer(meta, ckpt_checks.tokenizer_fingerprint(self.tokenizer), where)
         if self.adapted():
             ckpt_checks.check_adapter_state(meta, checkpoint.get("state_dict"), self.frozen_state_keys(), where)
+            ckpt_checks.check_base_fingerprints(meta, getattr(self, "_base_fingerprints", []), where)
         elif meta.get("adapters"):
             raise CheckpointMismatchError(
                 f"{where} holds LoRA adapters only (written with model.init_args.peft_config), and this config has no "
@@ -231,6 +239,8 @@ class RLHFModule(L.LightningModule):
         (:meth:`frozen_state_keys`)."""
         apply_adapters(model, peft_config, "model.init_args.peft_config", trained_heads)
         self.strict_loading = False
+        fingerprints = getattr(self, "_base_fingerprints", [])
+        self._base_fingerprints = [*fingerprints, frozen_weights_fingerprint(model)]  # checked on resume
         return model
 
     def adapted(self) -> bool:
