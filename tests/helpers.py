@@ -130,3 +130,21 @@ def run_two_rank_script(script: str, args: list[str], out_dir) -> list[dict]:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return [json.load(open(os.path.join(out_dir, f"rank{rank}.json"))) for rank in range(2)]
+
+
+class ExitAfterStep(L.Callback):
+    """Ends the process right after optimizer step ``step`` and the checkpoint written at it, as a kill would, with
+    that checkpoint and the logger's events flushed first (``os._exit``: no end-of-training hooks, no checkpoint at
+    the end)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            flush = getattr(trainer.strategy.checkpoint_io, "flush", None)
+            if flush is not None:
+                flush()  # lit_rlhf writes a step's checkpoint when the next step starts
+            if trainer.logger is not None:
+                trainer.logger.experiment.flush()
+            os._exit(0)

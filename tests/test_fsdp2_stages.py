@@ -93,10 +93,15 @@ def run_dir(tmp_path, stage: str, name: str) -> str:
     return str(tmp_path / "runs" / stage / name)
 
 
-def offline_config(tmp_path, stage: str, name: str, policy: str, batch_size: int) -> str:
+LORA = {"class_path": "peft.LoraConfig", "init_args": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}}
+"""The ``peft_config`` of the LoRA runs: rank 4 on every linear layer."""
+
+
+def offline_config(tmp_path, stage: str, name: str, policy: str, batch_size: int, lora: bool = False) -> str:
     """configs/custom/<stage>.yaml (sft or reward) on the fixture rows with the tiny policy, on the CPU, into
     ``runs/<stage>/<name>``: ``batch_size`` rows per process, a learning rate schedule that does not depend on the
-    run length (so a run stopped early is the first part of the whole run), a checkpoint every ``STOP_AT`` steps."""
+    run length (so a run stopped early is the first part of the whole run), a checkpoint every ``STOP_AT`` steps;
+    with ``lora``, LoRA adapters (:data:`LORA`)."""
     rows = os.path.join(DATA, "sft.jsonl" if stage == "sft" else "pairs.jsonl")
     overrides = {
         "model.init_args.model_name_or_path": policy,
@@ -125,15 +130,18 @@ def offline_config(tmp_path, stage: str, name: str, policy: str, batch_size: int
     }
     if stage == "sft":
         overrides["model.init_args.max_new_tokens"] = 6
+    if lora:
+        overrides["model.init_args.peft_config"] = LORA
     config = str(tmp_path / f"{stage}_{name}.yaml")
     return write_config(
         config, f"configs/custom/{stage}.yaml", run_dir(tmp_path, stage, name), overrides, CHECKPOINT_EVERY
     )
 
 
-def online_config(tmp_path, stage: str, name: str, policy: str) -> str:
+def online_config(tmp_path, stage: str, name: str, policy: str, lora: bool = False) -> str:
     """configs/arithmetic/{ppo_verifier,grpo}.yaml with the tiny policy, a graded reward (an untrained policy is never
-    exactly right) and a KL term to its sharded reference, into ``runs/<stage>/<name>``."""
+    exactly right) and a KL term to its sharded reference, into ``runs/<stage>/<name>``; with ``lora``, LoRA adapters
+    (:data:`LORA`) on the policy (and PPO's critic), the reference the policy with its adapters off."""
     base = "configs/arithmetic/ppo_verifier.yaml" if stage == "ppo" else "configs/arithmetic/grpo.yaml"
     overrides = {
         "model.init_args.policy_name_or_path": policy,
@@ -160,6 +168,8 @@ def online_config(tmp_path, stage: str, name: str, policy: str) -> str:
         ]
         overrides.update({"model.init_args.learning_rate": 1e-3, "model.init_args.beta": 0.1})
         overrides.update({"model.init_args.num_generations": 4, "data.init_args.batch_size": 2})
+    if lora:
+        overrides["model.init_args.peft_config"] = LORA
     config = str(tmp_path / f"{stage}_{name}.yaml")
     return write_config(config, base, run_dir(tmp_path, stage, name), overrides, CHECKPOINT_EVERY)
 

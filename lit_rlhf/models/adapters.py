@@ -14,6 +14,7 @@ import copy
 import enum
 import json
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -172,7 +173,7 @@ def apply_adapters(
             f"{option}: peft could not add adapters to {type(model).__name__}: {message} (target_modules names "
             "the model's linear layers, e.g. [q_proj, v_proj], or all-linear)"
         ) from err
-    other = sorted({type(m).__name__ for m in lora_layers(model).values()} - {"Linear"})
+    other = sorted({type(m).__name__ for m in lora_layers(model).values()} - {"Linear", "Linear4bit"})
     if other:
         raise ConfigError(
             f"{option}: LoRA on {', '.join(other)} layers is not supported (lit_rlhf merges adapters of linear layers "
@@ -325,10 +326,22 @@ def save_merged_and_adapter(
 ) -> None:
     """``path``: the merged model (``save_pretrained``, loadable by plain ``transformers``; 4-bit base weights are
     dequantised first); ``adapter_path``: the adapter alone (:func:`save_adapter`)."""
+    dequantized = dequantized_state_dict(model) if state is None else None
     if state is None:
-        state = dequantized_state_dict(model) or model.state_dict()
+        state = dequantized or model.state_dict()
     os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path, state_dict=merged_state_dict(model, state))
+    merged = merged_state_dict(model, state)
+    if dequantized is None:
+        model.save_pretrained(path, state_dict=merged)
+    else:  # a 4-bit model saves itself quantized: the merged weights go into a plain copy of its architecture
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        with torch.device("meta"):
+            plain = type(model)(config)
+        plain.load_state_dict(merged, strict=False, assign=True)
+        plain.tie_weights()
+        plain.save_pretrained(path)
     config_path = os.path.join(path, "config.json")
     with open(config_path, encoding="utf-8") as f:  # the merged model is a plain one: no adapter, not 4-bit
         config = json.load(f)
@@ -414,9 +427,14 @@ def quantized_load(load_in_4bit: bool, name_or_path: str, peft_config: Any) -> Q
     return QuantizedLoad(four_bit_load_kwargs(name_or_path, peft_config, "model.init_args.load_in_4bit"))
 
 
+FOUR_BIT_MIN_VERSION = "0.48"
+"""The first ``bitsandbytes`` whose 4-bit layers run on CPU as well as on CUDA."""
+
+
 def four_bit_load_kwargs(name_or_path: str, peft_config: Any, option: str) -> dict[str, Any]:
-    """``from_pretrained`` arguments that load the base weights in 4 bits (NF4, double quantisation, bf16 compute),
-    for training LoRA adapters on them (QLoRA).
+    """``from_pretrained`` arguments that load the base weights in 4 bits (NF4 with double quantisation), for training
+    LoRA adapters on them (QLoRA): on this process's CUDA device, computing in bf16 (fp16 where bf16 is missing),
+    or, without CUDA, on the CPU, computing in float32.
 
     Args:
         name_or_path: the model folder or hub name.
@@ -424,7 +442,8 @@ def four_bit_load_kwargs(name_or_path: str, peft_config: Any, option: str) -> di
         option: the option's name in messages (``model.init_args.load_in_4bit``).
 
     Raises:
-        ConfigError: no ``peft_config``, the built-in tiny model, no ``bitsandbytes`` or no CUDA device.
+        ConfigError: no ``peft_config``, the built-in tiny model, or no ``bitsandbytes`` (or one too old to run
+            4-bit layers on this machine).
     """
     from lit_rlhf.models.loading import is_builtin
 
@@ -435,25 +454,29 @@ def four_bit_load_kwargs(name_or_path: str, peft_config: Any, option: str) -> di
         )
     if is_builtin(name_or_path):
         raise ConfigError(f"{option}: the built-in {name_or_path} model has no 4-bit form; point at a model folder")
+    install = f"pip install 'bitsandbytes>={FOUR_BIT_MIN_VERSION}' (or pip install 'lit_rlhf[qlora]')"
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes
     except ImportError as err:
+        raise ConfigError(f"{option} needs the bitsandbytes package: {install}, or set load_in_4bit: false") from err
+    cuda = torch.cuda.is_available()
+    version = tuple(int(part) for part in bitsandbytes.__version__.split(".")[:2] if part.isdigit())
+    if not cuda and version < tuple(int(part) for part in FOUR_BIT_MIN_VERSION.split(".")):
         raise ConfigError(
-            f"{option} needs the bitsandbytes package and a CUDA GPU: pip install bitsandbytes (or set load_in_4bit: "
-            "false)"
-        ) from err
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"{option} needs a CUDA GPU (bitsandbytes' 4-bit layers run on CUDA) and this machine has none; set "
-            "load_in_4bit: false to train the adapters on full-precision weights"
+            f"{option}: bitsandbytes {bitsandbytes.__version__} runs 4-bit layers on CUDA only and this machine has "
+            f"no CUDA device; {install}, or set load_in_4bit: false"
         )
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if cuda:
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        device: int | str = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+    else:
+        compute, device = torch.float32, "cpu"
     quantization = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
     )
-    return {"quantization_config": quantization, "dtype": compute, "device_map": {"": torch.cuda.current_device()}}
+    return {"quantization_config": quantization, "dtype": compute, "device_map": {"": device}}
 
 
 def prepare_four_bit(model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
@@ -466,9 +489,8 @@ def prepare_four_bit(model: torch.nn.Module, gradient_checkpointing: bool) -> to
 def dequantized_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """The state dict of a model with 4-bit linear layers, each of their weights dequantised to the compute dtype
     (what merging an adapter into it needs); ``None`` when the model has no 4-bit layers."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
+    bnb = sys.modules.get("bitsandbytes")  # imported by transformers when it loaded 4-bit weights
+    if bnb is None:
         return None
     quantized = {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     if not quantized:

@@ -250,7 +250,8 @@ class RLHFModule(L.LightningModule):
     def frozen_state_keys(self) -> set[str]:
         """The state-dict keys of the frozen parameters (the base weights under LoRA adapters), kept out of
         checkpoints."""
-        return {name for name, param in self.named_parameters() if not param.requires_grad}
+        named = self.named_parameters(remove_duplicate=False)  # a tied output head is saved under its own name too
+        return {name for name, param in named if not param.requires_grad}
 
     # -- FSDP2 ------------------------------------------------------------------------------------------------------
 

@@ -119,8 +119,8 @@ class GRPOModule(OnlineRLModule):
             train, the reference is the policy with its adapters switched off (no second copy is loaded), checkpoints
             hold only the adapters, and the export is ``hf/`` (merged) plus ``hf_adapter/``. ``null``: full
             fine-tuning.
-        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config``, a CUDA GPU and
-            ``bitsandbytes``).
+        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config`` and ``bitsandbytes``;
+            CUDA or CPU).
     """
 
     def __init__(

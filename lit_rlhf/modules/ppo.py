@@ -109,8 +109,8 @@ class PPOModule(OnlineRLModule):
             actor with its adapters switched off (no second copy is loaded); checkpoints hold only what trains; the
             export is ``hf/`` and ``hf_critic/`` (merged) plus ``hf_adapter/`` and ``hf_critic_adapter/``.
             ``null``: full fine-tuning.
-        load_in_4bit: load the frozen base weights of actor and critic in 4 bits (QLoRA; needs ``peft_config``, a
-            CUDA GPU and ``bitsandbytes``).
+        load_in_4bit: load the frozen base weights of actor and critic in 4 bits (QLoRA; needs ``peft_config`` and
+            ``bitsandbytes``; CUDA or CPU).
         critic_backbone: with ``peft_config``, where the critic's adapters sit: ``separate`` (a backbone of its own,
             loaded from ``critic_name_or_path``) or ``shared`` (the policy's frozen backbone, with a second adapter
             applied only for values, and a value head: no second backbone is loaded; ``critic_name_or_path`` is

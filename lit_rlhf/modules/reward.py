@@ -58,8 +58,8 @@ class RewardModule(GuardedModule):
         peft_config: LoRA adapters on the backbone (``class_path: peft.LoraConfig`` with its ``init_args``), the
             score head trained in full beside them; checkpoints hold only those, and the export is ``hf/`` (merged, a
             plain model) plus ``hf_adapter/`` (the adapter and the head, for ``peft``). ``null``: full fine-tuning.
-        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config``, a CUDA GPU and
-            ``bitsandbytes``).
+        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config`` and ``bitsandbytes``;
+            CUDA or CPU).
         center_coef: weight of ``mean((r_chosen + r_rejected)^2)``, keeping scores centred (TRL uses 0.01).
         prefix_loss_coef: weight of :func:`~lit_rlhf.functional.reward.prefix_pair_loss`, a Bradley-Terry loss on
             every aligned prefix after the two responses part, for pairs whose row says ``chosen_correct: true``

@@ -52,8 +52,8 @@ class SFTModule(GuardedModule):
             ``lora_dropout``, ``target_modules`` ...): only they train, checkpoints hold only them, and the export is
             ``hf/`` (merged, a plain model) plus ``hf_adapter/`` (the adapter alone, for ``peft``). ``null``: full
             fine-tuning.
-        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config``, a CUDA GPU and
-            ``bitsandbytes``).
+        load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config`` and ``bitsandbytes``;
+            CUDA or CPU).
         length_chunks: run each training batch as up to this many forward passes over rows of similar length,
             each cut to its own longest row (:func:`~lit_rlhf.functional.padding.length_chunks` picks the cuts
             that leave the fewest pad positions). The batch, its loss and its gradient stay the same (up to float

@@ -1,10 +1,11 @@
 """PPO on one global batch, in one process or split over two (CPU, gloo), for ``test_ddp_equivalence.py``.
 
-``python ddp_equivalence_run.py <policy_dir> <out_dir> <devices>`` trains 2 iterations on the 16 prompts of a data set
-that is exactly one global batch (16 prompts on one device, 8 on each of two ranks), and rank ``r`` writes
-``<out_dir>/rank<r>.pt``: the gradient each optimizer step applied (averaged over ranks and clipped), the final actor
-and critic weights and the KL coefficient. Lightning's DDP launcher starts rank 1 by re-running this script, so it is
-a standalone file.
+``python ddp_equivalence_run.py <policy_dir> <out_dir> <devices> [<strategy>] [lora]`` trains 2 iterations on the
+16 prompts of a data set that is exactly one global batch (16 prompts on one device, 8 on each of two ranks), and rank
+``r`` writes ``<out_dir>/rank<r>.pt``: the gradient each optimizer step applied (averaged over ranks and clipped), the
+final actor and critic weights and the KL coefficient. With ``lora`` actor and critic train LoRA adapters (rank 4 on
+every linear layer; the critic's value head in full) and the reference is the policy with its adapters off.
+Lightning's DDP launcher starts rank 1 by re-running this script, so it is a standalone file.
 
 Sampling is replaced by fixed responses that depend only on the prompt and the iteration (every response is 5 words
 then EOS), so both layouts train on the same samples whichever rank holds a prompt, and every rank holds the same
@@ -16,6 +17,7 @@ import sys
 
 import lightning as L
 import torch
+from peft import LoraConfig
 
 import lit_rlhf.modules.ppo as ppo_module
 from lit_rlhf.data import ArithmeticDataModule
@@ -61,7 +63,7 @@ class Record(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        name = "actor" if params[0] is next(pl_module.model.parameters()) else "critic"
+        name = "actor" if any(params[0] is p for p in pl_module.model.parameters()) else "critic"
         grads = [full_tensor(p.grad) if p.grad is not None else torch.zeros_like(full_tensor(p)) for p in params]
         flat = torch.cat([grad.reshape(-1) for grad in grads])
         self.gradients.append((name, flat.detach().clone()))
@@ -85,7 +87,12 @@ def whole_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: full_tensor(v).detach().clone() for k, v in model.state_dict().items()}
 
 
-def main(policy_dir: str, out_dir: str, devices: str, strategy: str = "ddp") -> None:
+def lora_config() -> LoraConfig:
+    """The LoRA adapters of the ``lora`` variant: rank 4 on every linear layer, no dropout."""
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+
+
+def main(policy_dir: str, out_dir: str, devices: str, strategy: str = "ddp", variant: str = "full") -> None:
     torch.set_num_threads(1)
     devices = int(devices)
     L.seed_everything(0)
@@ -103,8 +110,11 @@ def main(policy_dir: str, out_dir: str, devices: str, strategy: str = "ddp") -> 
         max_grad_norm=1e3,  # no clipping: a clipped gradient would hide a sum of the ranks' gradients
         warmup_steps=1,
         lr_schedule="linear",
+        peft_config=lora_config() if variant == "lora" else None,
     )
-    with torch.no_grad():  # a policy away from its reference (non-zero KL) and a critic with a non-zero head
+    # A policy away from its reference (non-zero KL; under LoRA the adapters move off zero) and a critic with a
+    # non-zero head.
+    with torch.no_grad():
         generator = torch.Generator().manual_seed(1)
         for param in module.model.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)

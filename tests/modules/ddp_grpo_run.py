@@ -3,12 +3,13 @@
 ``python ddp_grpo_run.py <policy_dir> <out_dir> [<strategy>]`` trains 2 processes under ``strategy`` (``ddp`` or
 ``fsdp2``) with the real sampler; each rank writes what it ended with to ``<out_dir>/rank<r>.json``.
 
-``python ddp_grpo_run.py <policy_dir> <out_dir> <strategy> <devices> same-global-batch`` trains 2 iterations on the 8
-prompts of a data set that is exactly one global batch (8 prompts on one device, 4 on each of two ranks), with
+``python ddp_grpo_run.py <policy_dir> <out_dir> <strategy> <devices> same-global-batch [lora]`` trains 2 iterations on
+the 8 prompts of a data set that is exactly one global batch (8 prompts on one device, 4 on each of two ranks), with
 sampling replaced by fixed responses that depend only on the prompt, the sample's place in its group and the
 iteration (every response is 5 words then EOS): both layouts then train on the same samples, and every rank holds
 as many response tokens, so the mean of the ranks' token means is the global batch's. Rank ``r`` writes
-``<out_dir>/rank<r>.pt``: the gradient of every optimizer step and the final policy weights.
+``<out_dir>/rank<r>.pt``: the gradient of every optimizer step and the final policy weights. With ``lora`` the policy
+trains LoRA adapters (rank 4 on every linear layer) and the reference is the policy with its adapters off.
 
 Lightning's launcher starts rank 1 by re-running this script, so it must be a standalone file.
 """
@@ -19,6 +20,7 @@ import sys
 
 import lightning as L
 import torch
+from peft import LoraConfig
 
 import lit_rlhf.modules.grpo as grpo_module
 from lit_rlhf.data import ArithmeticDataModule
@@ -153,8 +155,9 @@ class RecordSteps(L.Callback):
         )
 
 
-def same_global_batch(policy_dir: str, out_dir: str, strategy: str, devices: str) -> None:
-    """2 GRPO iterations on one global batch of ``GLOBAL_BATCH`` prompts over ``devices`` processes."""
+def same_global_batch(policy_dir: str, out_dir: str, strategy: str, devices: str, variant: str = "full") -> None:
+    """2 GRPO iterations on one global batch of ``GLOBAL_BATCH`` prompts over ``devices`` processes; ``variant``
+    ``lora`` trains LoRA adapters (rank 4, every linear layer) instead of every weight."""
     torch.set_num_threads(1)
     devices = int(devices)
     L.seed_everything(0)
@@ -169,8 +172,11 @@ def same_global_batch(policy_dir: str, out_dir: str, strategy: str, devices: str
         learning_rate=1e-3,
         beta=0.1,
         max_grad_norm=1e3,  # no clipping: a clipped gradient would hide a sum of the ranks' gradients
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear") if variant == "lora" else None,
     )
-    with torch.no_grad():  # a policy away from its reference: a non-zero KL term from the first update
+    # A policy away from its reference: a non-zero KL term from the first update (under LoRA the adapters move off
+    # zero, so the policy differs from the base model the reference is).
+    with torch.no_grad():
         generator = torch.Generator().manual_seed(1)
         for param in module.model.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
@@ -196,7 +202,7 @@ def same_global_batch(policy_dir: str, out_dir: str, strategy: str, devices: str
 
 
 if __name__ == "__main__":
-    if sys.argv[5:] == ["same-global-batch"]:
-        same_global_batch(*sys.argv[1:5])
+    if sys.argv[5:6] == ["same-global-batch"]:
+        same_global_batch(*sys.argv[1:5], *sys.argv[6:7])
     else:
         main(*sys.argv[1:])

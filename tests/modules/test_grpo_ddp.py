@@ -1,5 +1,6 @@
 """Two ranks (CPU, gloo) train GRPO together: under DDP the replicas stay in step with the real sampler, and under
-DDP and FSDP2 they train exactly as one process does on the same global batch."""
+DDP and FSDP2 they train exactly as one process does on the same global batch, with every weight trained and with
+LoRA adapters (the reference then the policy with its adapters off)."""
 
 import importlib.util
 import os
@@ -31,11 +32,11 @@ def test_grpo_under_two_process_ddp_keeps_ranks_in_step(tmp_path, policy_dir):
     assert ranks[0]["metrics"]["reward"] == pytest.approx(local_mean, abs=1e-6)
 
 
-def run_two_ranks(policy_dir: str, out_dir, strategy: str) -> list[dict]:
+def run_two_ranks(policy_dir: str, out_dir, strategy: str, variant: str = "full") -> list[dict]:
     out_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, SCRIPT, policy_dir, str(out_dir), strategy, "2", "same-global-batch"],
+        [sys.executable, SCRIPT, policy_dir, str(out_dir), strategy, "2", "same-global-batch", variant],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -46,7 +47,7 @@ def run_two_ranks(policy_dir: str, out_dir, strategy: str) -> list[dict]:
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 
-def run_one_process(policy_dir: str, out_dir, monkeypatch) -> dict:
+def run_one_process(policy_dir: str, out_dir, monkeypatch, variant: str = "full") -> dict:
     """The same script's run with one device, in this process (the sampler it installs is undone afterwards)."""
     out_dir.mkdir()
     spec = importlib.util.spec_from_file_location("ddp_grpo_run", SCRIPT)
@@ -55,18 +56,26 @@ def run_one_process(policy_dir: str, out_dir, monkeypatch) -> dict:
     monkeypatch.setattr(grpo_module, "generate", grpo_module.generate)
     threads = torch.get_num_threads()
     try:
-        script.same_global_batch(policy_dir, str(out_dir), "auto", "1")
+        script.same_global_batch(policy_dir, str(out_dir), "auto", "1", variant)
     finally:
         torch.set_num_threads(threads)
     return torch.load(out_dir / "rank0.pt", weights_only=False)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+@pytest.mark.parametrize(
+    ("strategy", "variant"),
+    [
+        ("ddp", "full"),
+        ("fsdp2", "full"),
+        pytest.param("ddp", "lora", marks=pytest.mark.slow),
+        pytest.param("fsdp2", "lora", marks=pytest.mark.slow),  # PPO's test keeps a LoRA case under FSDP2 fast
+    ],
+)
 def test_two_ranks_train_grpo_exactly_as_one_process_on_the_same_global_batch(
-    tmp_path, policy_dir, monkeypatch, strategy
+    tmp_path, policy_dir, monkeypatch, strategy, variant
 ):
-    single = run_one_process(policy_dir, tmp_path / "one", monkeypatch)
-    ranks = run_two_ranks(policy_dir, tmp_path / "two", strategy)
+    single = run_one_process(policy_dir, tmp_path / "one", monkeypatch, variant)
+    ranks = run_two_ranks(policy_dir, tmp_path / "two", strategy, variant)
     assert single["world_size"] == 1 and [r["world_size"] for r in ranks] == [2, 2]
     assert single["iteration"] == ranks[0]["iteration"] == ranks[1]["iteration"] == 2
 
@@ -92,3 +101,11 @@ def test_two_ranks_train_grpo_exactly_as_one_process_on_the_same_global_batch(
     for name in ("reward", "reward_std", "kl", "loss/policy", "policy/ratio", "policy/clipfrac"):
         for rank in ranks:
             assert rank["metrics"][name] == pytest.approx(single["metrics"][name], rel=1e-5, abs=1e-7), name
+
+    if variant == "lora":  # each step's gradient is over the adapters alone
+        state = single["policy"]
+        trained = [k for k in state if ".lora_A." in k or ".lora_B." in k]
+        assert any(".lora_B." in k for k in trained)
+        size = sum(state[k].numel() for k in trained)
+        assert size < sum(value.numel() for value in state.values()) / 2
+        assert {g.numel() for g in single["gradients"]} == {size}
