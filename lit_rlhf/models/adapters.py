@@ -148,6 +148,12 @@ def apply_adapters(
         )
     if peft_config.use_dora:
         raise ConfigError(f"{option}.use_dora is not supported: lit_rlhf merges plain LoRA updates; set it to false")
+    init = peft_config.init_lora_weights
+    if isinstance(init, str) and init.lower() != "gaussian":  # pissa, olora, corda, eva, loftq rewrite the base
+        raise ConfigError(
+            f"{option}.init_lora_weights {init!r} is not supported: it rewrites the base weights, so the model with "
+            "its adapters switched off would no longer be the one loaded (the reference); use true or gaussian"
+        )
     if peft_config.modules_to_save:
         raise ConfigError(
             f"{option}.modules_to_save is not supported: lit_rlhf trains the score head of a reward model or critic "

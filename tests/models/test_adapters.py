@@ -90,6 +90,8 @@ def test_a_reward_model_trains_its_score_head_in_full_and_exports_it(tokenizer, 
         (LoraConfig(target_modules=["no_such_layer"]), "Target modules {'no_such_layer'} not found"),
         (LoraConfig(target_modules=["embed_tokens"]), "LoRA on Embedding layers is not supported"),
         (LoraConfig(target_modules="all-linear", use_dora=True), "use_dora is not supported"),
+        (LoraConfig(target_modules="all-linear", init_lora_weights="pissa"), "init_lora_weights 'pissa' is not"),
+        (LoraConfig(target_modules="all-linear", init_lora_weights="olora"), "init_lora_weights 'olora' is not"),
     ],
 )
 def test_adapters_that_cannot_be_trained_or_merged_are_refused_naming_the_option(tokenizer, config, message):
