@@ -138,6 +138,8 @@ class LitRLHFCLI(LightningCLI):
             "lit_rlhf.modules.reward.RewardModule": checks.check_reward_options,
             "lit_rlhf.modules.ppo.PPOModule": checks.check_ppo_options,
             "lit_rlhf.modules.grpo.GRPOModule": checks.check_grpo_options,
+            "lit_rlhf.modules.dpo.DPOModule": checks.check_dpo_options,
+            "lit_rlhf.modules.online_dpo.OnlineDPOModule": checks.check_online_dpo_options,
         }.get(_qualified_class_name(model["class_path"]))
         init_args = model.get("init_args")
         if check is not None and init_args is not None:

@@ -39,6 +39,7 @@ class TruncationReport:
     response_truncated: int = 0
     dropped: int = 0
     identical_skipped: int = 0
+    truncated_identical: int = 0
     examples: list[int] = field(default_factory=list)
 
     def note(self, row_index: int) -> None:
@@ -50,6 +51,8 @@ class TruncationReport:
         identical = (
             f", {self.identical_skipped} pairs with chosen == rejected skipped" if self.identical_skipped else ""
         )
+        if self.truncated_identical:
+            identical += f", {self.truncated_identical} pairs dropped whose responses were equal once cut"
         return (
             f"{self.dataset}: {self.num_rows} rows, {self.prompt_truncated} prompts truncated, "
             f"{self.response_truncated} responses truncated, {self.dropped} dropped{identical}{rows}"
@@ -243,7 +246,8 @@ def encode_rows(
 ) -> tuple[list[dict[str, Any]], TruncationReport]:
     """Tokenize validated rows: the prompt and each of ``response_fields`` (with EOS), under one length policy.
 
-    A row is truncated, dropped or refused as a whole when its prompt or its longest response does not fit.
+    A row is truncated, dropped or refused as a whole when its prompt or its longest response does not fit. A pair
+    whose two responses are the same tokens once truncated is dropped and counted (``truncated_identical``).
 
     Args:
         rowset: validated rows with a string ``prompt`` and string ``response_fields`` (other fields are kept for
@@ -281,6 +285,10 @@ def encode_rows(
             report=report,
             row_index=row_index,
         )
+        if fitted is not None and len(responses := fitted[1]) == 2 and responses[0] == responses[1]:
+            # a pair cut to the same tokens (a shared beginning longer than the room left) teaches nothing
+            report.truncated_identical += 1
+            fitted = None
         if fitted is not None:
             prompt_ids, responses = fitted
             example: dict[str, Any] = {"prompt_ids": prompt_ids}

@@ -82,3 +82,21 @@ def test_collated_batch_is_long_tensors(word_tokenizer):
     examples, _ = encode_sft_rows(_rows(("Let 5", "1")), word_tokenizer, max_length=16)
     batch = SFTCollator(word_tokenizer.pad_token_id)(examples)
     assert batch["input_ids"].dtype == torch.long and "prompt_input_ids" not in batch
+
+
+def test_a_pair_cut_to_the_same_tokens_is_dropped_and_counted(word_tokenizer, caplog):
+    from lit_rlhf.data.tokenization import encode_rows
+
+    rows = RowSet.numbered(
+        "pairs.jsonl",
+        [
+            {"prompt": "Let", "chosen": "1 2 3 4 5 6", "rejected": "1 2 3 4 5 7"},  # equal once cut to 4 tokens
+            {"prompt": "Let", "chosen": "1 2", "rejected": "1 3"},
+        ],
+        first=1,
+    )
+    with caplog.at_level(logging.WARNING):
+        examples, report = encode_rows(rows, word_tokenizer, ("chosen", "rejected"), max_length=5)
+    assert [ex["row"]["row_index"] for ex in examples] == [2]
+    assert report.truncated_identical == 1 and report.response_truncated == 1
+    assert "1 pairs dropped whose responses were equal once cut" in caplog.text
