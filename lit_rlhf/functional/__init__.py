@@ -4,6 +4,8 @@ Nothing in this package imports Lightning; every function is tested on hand-comp
 """
 
 from lit_rlhf.functional.accumulation import micro_batch_weights
+from lit_rlhf.functional.dpo import DPO_LOSS_TYPES, DPOStats, dpo_loss, dpo_losses, sequence_logps
+from lit_rlhf.functional.dpo_pairs import PAIR_RULES, PreferencePairs, preference_pairs
 from lit_rlhf.functional.grpo import GroupStats, GRPOLossStats, group_advantages, grpo_loss, minibatch_rows
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.logprobs import logprobs_from_logits
@@ -44,6 +46,14 @@ from lit_rlhf.functional.sft import (
 from lit_rlhf.functional.winrate import WinRateStats, bootstrap_ci, normal_ci, order_scores, pair_scores, win_rate_stats
 
 __all__ = [
+    "DPO_LOSS_TYPES",
+    "DPOStats",
+    "PAIR_RULES",
+    "PreferencePairs",
+    "dpo_loss",
+    "dpo_losses",
+    "preference_pairs",
+    "sequence_logps",
     "AdaptiveKLController",
     "FixedKLController",
     "GRPOLossStats",

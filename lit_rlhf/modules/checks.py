@@ -1,7 +1,7 @@
 """Checks of the modules' option values, run at the start of each module's ``__init__``, before any model loads.
 
 Each module has a table of :class:`Rule` per option (:data:`SFT_RULES`, :data:`REWARD_RULES`, :data:`PPO_RULES`,
-:data:`GRPO_RULES`); :func:`check_options` applies one to the values given and raises
+:data:`GRPO_RULES`, :data:`ONLINE_DPO_RULES`); :func:`check_options` applies one to the values given and raises
 :class:`~lit_rlhf.errors.ConfigError` for the first value out of range, naming its YAML key
 (``model.init_args.clip_range``), the value given and the accepted range, in one line. The functions here are pure:
 they import no model code and load nothing.
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from lit_rlhf.errors import ConfigError
+from lit_rlhf.functional.dpo import DPO_LOSS_TYPES
+from lit_rlhf.functional.dpo_pairs import PAIR_RULES
 from lit_rlhf.functional.grpo import LossAveraging
 from lit_rlhf.functional.kl import KL_ESTIMATORS
 from lit_rlhf.functional.schedules import ScheduleName
@@ -294,6 +296,15 @@ def check_grpo_options(values: Mapping[str, Any]) -> None:
         ConfigError: naming the first option out of range.
     """
     check_options(values, GRPO_RULES)
+    check_reward_sources(values)
+
+
+def check_reward_sources(values: Mapping[str, Any]) -> None:
+    """At least one reward source in ``rewards`` and ``reward_weights`` null or one finite weight per source.
+
+    Raises:
+        ConfigError: naming ``model.init_args.rewards`` or ``model.init_args.reward_weights``.
+    """
     weights, rewards = values.get("reward_weights"), values.get("rewards")
     if isinstance(rewards, (list, tuple)) and not rewards:
         raise config_error(
@@ -307,6 +318,71 @@ def check_grpo_options(values: Mapping[str, Any]) -> None:
     if isinstance(rewards, (list, tuple)) and len(weights) != len(rewards):
         raise config_error(
             key, f"a list of {len(rewards)} weights (one per entry of {MODEL_PREFIX}rewards) or null", list(weights)
+        )
+
+
+ONLINE_DPO_RULES: dict[str, Rule] = {
+    "learning_rate": greater_than(0, "peak AdamW learning rate"),
+    **ONLINE_RULES,
+    "samples_per_prompt": integer_at_least(2, "answers per prompt: a pair needs two"),
+    "pair_rule": one_of(PAIR_RULES, "how a prompt's answers are paired"),
+    "beta": greater_than(0, "inverse temperature of DPO's implicit reward"),
+    "loss_type": one_of(DPO_LOSS_TYPES, "the DPO loss variant"),
+    "label_smoothing": between(0, 0.5, high_open=True, why="assumed rate of flipped preferences"),
+    "simpo_gamma": finite("target reward margin of the simpo loss"),
+    "num_epochs": integer_at_least(1, "passes over each round's pairs"),
+}
+
+
+def check_online_dpo_options(values: Mapping[str, Any]) -> None:
+    """:data:`ONLINE_DPO_RULES` and the reward sources (:func:`check_reward_sources`).
+
+    Raises:
+        ConfigError: naming the first option out of range.
+    """
+    check_options(values, ONLINE_DPO_RULES)
+    check_reward_sources(values)
+
+
+DPO_RULES: dict[str, Rule] = {
+    "dtype": SFT_RULES["dtype"],
+    "beta": greater_than(0, "inverse temperature of DPO's implicit reward (the IPO regulariser for ipo)"),
+    "loss_type": one_of(DPO_LOSS_TYPES, "the DPO loss variant"),
+    "label_smoothing": between(0, 0.5, high_open=True, why="assumed rate of flipped preferences"),
+    "simpo_gamma": finite("target reward margin of the simpo loss"),
+    "learning_rate": greater_than(0, "peak AdamW learning rate"),
+    **OPTIMIZER_RULES,
+    "max_new_tokens": integer_at_least(1, "length of the validation answers, in tokens"),
+    "generate_val_batches": integer_at_least(0, "validation batches to answer; null = all", allow_none=True),
+    "num_logged_samples": integer_at_least(0, "rows of the sample table"),
+}
+
+SMOOTHED_DPO_LOSSES = ("sigmoid", "robust")
+"""The DPO losses that read ``label_smoothing``."""
+
+
+def check_dpo_options(values: Mapping[str, Any]) -> None:
+    """:data:`DPO_RULES`; ``label_smoothing`` only with a loss that reads it; ``reference_name_or_path`` not with
+    ``peft_config`` (the reference is then the policy with its adapters off); ``padding_free`` without
+    ``gradient_checkpointing``.
+
+    Raises:
+        ConfigError: naming the first option out of range.
+    """
+    check_options(values, DPO_RULES)
+    check_not_both(values, "padding_free", "gradient_checkpointing")
+    loss_type, smoothing = values.get("loss_type", "sigmoid"), values.get("label_smoothing", 0.0)
+    if smoothing and loss_type not in SMOOTHED_DPO_LOSSES:
+        raise ConfigError(
+            f"{MODEL_PREFIX}label_smoothing is {smoothing!r}, but loss_type {loss_type} does not read it (only "
+            f"{' and '.join(SMOOTHED_DPO_LOSSES)} do); set --{MODEL_PREFIX}label_smoothing 0 or --{MODEL_PREFIX}"
+            "loss_type sigmoid"
+        )
+    if values.get("reference_name_or_path") is not None and values.get("peft_config") is not None:
+        raise ConfigError(
+            f"{MODEL_PREFIX}reference_name_or_path and {MODEL_PREFIX}peft_config are both set, but with LoRA the "
+            f"reference is the policy with its adapters off; set --{MODEL_PREFIX}reference_name_or_path null or "
+            f"--{MODEL_PREFIX}peft_config null"
         )
 
 

@@ -11,7 +11,7 @@ from lit_rlhf.functional.accumulation import micro_batch_weights
 from lit_rlhf.functional.grpo import LossAveraging, group_advantages, grpo_loss, minibatch_rows
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.generation import Generation, decode_responses, generate
 from lit_rlhf.models.adapters import LoraConfig, lora_settings
 from lit_rlhf.models.shared_prompt import first_rows
 from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
@@ -44,6 +44,64 @@ class GroupRollout(NamedTuple):
     ref_logprobs: torch.Tensor
     advantages: torch.Tensor
     group: torch.Tensor
+
+
+def sample_and_score(
+    module: OnlineRLModule,
+    batch: dict[str, Any],
+    num_samples: int,
+    *,
+    share_prompt: bool = False,
+    gather_sharded: bool = True,
+) -> tuple[Generation, torch.Tensor, dict[str, torch.Tensor]]:
+    """Sample ``num_samples`` answers per prompt of ``batch`` with ``module``'s policy and score them (no grad).
+
+    The sampling settings (``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``) and ``missing_eos_penalty``
+    are read from ``module.hparams``; the answers of a prompt are adjacent (prompt-major). Warns when no answer
+    reached EOS.
+
+    Args:
+        module: an online module (its ``model``, ``tokenizer``, ``hparams`` and :meth:`~OnlineRLModule.score`).
+        batch: a prompt batch (``prompt_input_ids``, ``prompt_attention_mask``, ``rows``).
+        num_samples: answers per prompt.
+        share_prompt: compute each prompt once for its answers (see :func:`~lit_rlhf.generation.generate`).
+        gather_sharded: under FSDP2, gather the whole policy once for the sampling.
+
+    Returns:
+        The :class:`~lit_rlhf.generation.Generation` (``batch * num_samples`` rows), the ``(batch * num_samples,)``
+        rewards (after the missing-EOS penalty) and the reward source's statistics.
+    """
+    hp = module.hparams
+    rows = [row for row in batch["rows"] for _ in range(num_samples)]
+    with torch.no_grad():
+        generation = generate(
+            module.model,
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            num_samples=num_samples,
+            share_prompt=share_prompt,
+            max_new_tokens=hp.max_new_tokens,
+            eos_token_id=module.tokenizer.eos_token_id,
+            pad_token_id=module.tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=hp.temperature,
+            top_k=hp.top_k,
+            top_p=hp.top_p,
+            return_logprobs=True,
+            gather_sharded=gather_sharded,
+        )
+        if not bool(generation.has_eos.any()):
+            warnings.warn(
+                f"Every response of this generation batch ({len(generation.has_eos)} samples) reached "
+                f"max_new_tokens={hp.max_new_tokens} without EOS; raise max_new_tokens if this persists.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        completions = decode_responses(module.tokenizer, generation)
+        rewards, reward_stats = module.score(rows, completions, generation.has_eos.tolist())
+        if hp.missing_eos_penalty is not None:
+            rewards = torch.where(generation.has_eos, rewards, rewards - hp.missing_eos_penalty)
+    return generation, rewards, reward_stats
 
 
 class GRPOModule(OnlineRLModule):
@@ -199,34 +257,9 @@ class GRPOModule(OnlineRLModule):
         g = hp.num_generations
         prompt_ids = batch["prompt_input_ids"].repeat_interleave(g, dim=0)
         prompt_mask = batch["prompt_attention_mask"].repeat_interleave(g, dim=0)
-        rows = [row for row in batch["rows"] for _ in range(g)]
-        generation = generate(
-            self.model,
-            batch["prompt_input_ids"],
-            batch["prompt_attention_mask"],
-            num_samples=g,
-            share_prompt=hp.shared_prompt_forward,
-            max_new_tokens=hp.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            do_sample=True,
-            temperature=hp.temperature,
-            top_k=hp.top_k,
-            top_p=hp.top_p,
-            return_logprobs=True,
-            gather_sharded=hp.gather_for_sampling,
+        generation, rewards, reward_stats = sample_and_score(
+            self, batch, g, share_prompt=hp.shared_prompt_forward, gather_sharded=hp.gather_for_sampling
         )
-        if not bool(generation.has_eos.any()):
-            warnings.warn(
-                f"Every response of this generation batch ({len(generation.has_eos)} samples) reached "
-                f"max_new_tokens={hp.max_new_tokens} without EOS; raise max_new_tokens if this persists.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        completions = decode_responses(self.tokenizer, generation)
-        rewards, reward_stats = self.score(rows, completions, generation.has_eos.tolist())
-        if hp.missing_eos_penalty is not None:
-            rewards = torch.where(generation.has_eos, rewards, rewards - hp.missing_eos_penalty)
         advantages, groups = group_advantages(rewards, g, scale_by_std=hp.scale_rewards)
         self.count_zero_std_groups(groups.std)  # groups without a reward signal: counted, trained on
         response_mask = generation.response_mask
