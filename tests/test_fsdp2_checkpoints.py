@@ -193,6 +193,7 @@ def test_layouts_each_strategy_loads():
 # -- resume: a changed learning rate, leftovers of a killed save ----------------------------------------------------
 
 
+@pytest.mark.slow  # two processes, two fits: run by make test-slow
 def test_resume_applies_a_new_learning_rate_and_cleans_a_killed_saves_leftovers(fsdp2_run, tmp_path):
     run_dir, ckpt = _copy(fsdp2_run, tmp_path)
     folder = ckpt.parent

@@ -49,7 +49,7 @@ def run_one_process(policy_dir: str, out_dir, monkeypatch, variant: str = "full"
     ("strategy", "variant"),
     [
         ("ddp", "full"),
-        ("fsdp2", "full"),
+        pytest.param("fsdp2", "full", marks=pytest.mark.slow),  # fsdp2-lora below keeps sharding in the fast suite
         pytest.param("ddp", "lora", marks=pytest.mark.slow),
         ("fsdp2", "lora"),  # the reference is the sharded policy with its adapters off
     ],

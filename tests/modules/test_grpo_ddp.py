@@ -66,9 +66,9 @@ def run_one_process(policy_dir: str, out_dir, monkeypatch, variant: str = "full"
     ("strategy", "variant"),
     [
         ("ddp", "full"),
-        ("fsdp2", "full"),
+        pytest.param("fsdp2", "full", marks=pytest.mark.slow),  # PPO's test keeps an FSDP2 case fast
         pytest.param("ddp", "lora", marks=pytest.mark.slow),
-        pytest.param("fsdp2", "lora", marks=pytest.mark.slow),  # PPO's test keeps a LoRA case under FSDP2 fast
+        pytest.param("fsdp2", "lora", marks=pytest.mark.slow),
     ],
 )
 def test_two_ranks_train_grpo_exactly_as_one_process_on_the_same_global_batch(

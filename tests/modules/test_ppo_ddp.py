@@ -14,6 +14,7 @@ def run_ddp(policy, out_dir, *resume_from):
     return run_two_rank_script(SCRIPT, [policy, str(out_dir), *resume_from], out_dir)
 
 
+@pytest.mark.slow  # two processes, two fits: run by make test-slow
 def test_ppo_under_two_process_ddp_keeps_ranks_in_step(tmp_path):
     tokenizer = build_word_tokenizer()
     policy = str(tmp_path / "sft")
