@@ -342,6 +342,7 @@ def check_online_dpo_options(values: Mapping[str, Any]) -> None:
     """
     check_options(values, ONLINE_DPO_RULES)
     check_reward_sources(values)
+    check_label_smoothing(values)
 
 
 DPO_RULES: dict[str, Rule] = {
@@ -361,6 +362,21 @@ SMOOTHED_DPO_LOSSES = ("sigmoid", "robust")
 """The DPO losses that read ``label_smoothing``."""
 
 
+def check_label_smoothing(values: Mapping[str, Any]) -> None:
+    """``label_smoothing`` above 0 only with a DPO loss that reads it (:data:`SMOOTHED_DPO_LOSSES`).
+
+    Raises:
+        ConfigError: naming both options.
+    """
+    loss_type, smoothing = values.get("loss_type", "sigmoid"), values.get("label_smoothing", 0.0)
+    if smoothing and loss_type not in SMOOTHED_DPO_LOSSES:
+        raise ConfigError(
+            f"{MODEL_PREFIX}label_smoothing is {smoothing!r}, but loss_type {loss_type} does not read it (only "
+            f"{' and '.join(SMOOTHED_DPO_LOSSES)} do); set --{MODEL_PREFIX}label_smoothing 0 or --{MODEL_PREFIX}"
+            "loss_type sigmoid"
+        )
+
+
 def check_dpo_options(values: Mapping[str, Any]) -> None:
     """:data:`DPO_RULES`; ``label_smoothing`` only with a loss that reads it; ``reference_name_or_path`` not with
     ``peft_config`` (the reference is then the policy with its adapters off); ``padding_free`` without
@@ -371,13 +387,7 @@ def check_dpo_options(values: Mapping[str, Any]) -> None:
     """
     check_options(values, DPO_RULES)
     check_not_both(values, "padding_free", "gradient_checkpointing")
-    loss_type, smoothing = values.get("loss_type", "sigmoid"), values.get("label_smoothing", 0.0)
-    if smoothing and loss_type not in SMOOTHED_DPO_LOSSES:
-        raise ConfigError(
-            f"{MODEL_PREFIX}label_smoothing is {smoothing!r}, but loss_type {loss_type} does not read it (only "
-            f"{' and '.join(SMOOTHED_DPO_LOSSES)} do); set --{MODEL_PREFIX}label_smoothing 0 or --{MODEL_PREFIX}"
-            "loss_type sigmoid"
-        )
+    check_label_smoothing(values)
     if values.get("reference_name_or_path") is not None and values.get("peft_config") is not None:
         raise ConfigError(
             f"{MODEL_PREFIX}reference_name_or_path and {MODEL_PREFIX}peft_config are both set, but with LoRA the "

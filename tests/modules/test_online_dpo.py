@@ -216,6 +216,7 @@ def test_bad_options_are_refused(tmp_path, policy_dir):
         ({"beta": 0.0}, "beta must be > 0"),
         ({"loss_type": "kto"}, "loss_type must be one of"),
         ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\)"),
+        ({"label_smoothing": 0.1, "loss_type": "hinge"}, "loss_type hinge does not read it"),
         ({"num_epochs": 0}, "num_epochs must be >= 1"),
         ({"reward_weights": [1.0, 2.0]}, "reward_weights must be a list of 1 weights"),
     ):
