@@ -11,6 +11,7 @@ with every pair, as JSON.
         --prompts arithmetic --judge_reward_model runs/arithmetic/reward/hf
     lit-rlhf winrate --policy runs/tldr/ppo/hf --reference runs/tldr/sft/hf --prompts prompts.jsonl \\
         --judge_llm Qwen/Qwen2.5-0.5B-Instruct --num_prompts 200 --out runs/tldr/winrate.json
+    lit-rlhf winrate ... --engine vllm      # the policy and the reference answer through a vLLM engine
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lit_rlhf.cli import CommandParser, add_policy_option, add_tristate_option
+from lit_rlhf.engine_options import add_engine_options, engine_settings
 
 if TYPE_CHECKING:
     from lit_rlhf.evaluation.compare import WinRateResult
@@ -228,8 +231,10 @@ def build_parser(prog: str = "lit-rlhf winrate") -> CommandParser:
     parser.add_option(
         "--device",
         default="auto",
-        help="cuda, cpu, cuda:1, ...; auto: a GPU when one is visible (default: %(default)s)",
+        help="cuda, cpu, cuda:1, ...; auto: a GPU when one is visible; with --engine vllm, the judge's "
+        "(default: %(default)s)",
     )
+    add_engine_options(parser)
     parser.add_option(
         "--confidence",
         type=float,
@@ -284,13 +289,19 @@ def parse_args(argv: Sequence[str] | None, prog: str = "lit-rlhf winrate") -> ar
 def main(argv: Sequence[str] | None = None, prog: str = "lit-rlhf winrate") -> WinRateResult:
     """``lit-rlhf winrate``: generate, judge both orders, print the table (and with ``--out``, write JSON)."""
     args = parse_args(argv, prog)
+    settings = engine_settings(args, dtype=args.dtype)  # without vLLM, --engine vllm stops here, before any load
     from lit_rlhf.evaluation.compare import win_rate
+    from lit_rlhf.models.loading import load_tokenizer
 
     start = time.perf_counter()
     prompts = read_prompts(args.prompts, args.prompt_column, args.num_prompts, args.data_seed)
     use_chat_template = False if args.prompts == ARITHMETIC else args.use_chat_template
-    policy, policy_tokenizer = load_model(args.policy, args.dtype, args.device, args.attn_implementation)
-    reference, reference_tokenizer = load_model(args.reference, args.dtype, args.device, args.attn_implementation)
+    if settings is None:
+        policy, policy_tokenizer = load_model(args.policy, args.dtype, args.device, args.attn_implementation)
+        reference, reference_tokenizer = load_model(args.reference, args.dtype, args.device, args.attn_implementation)
+    else:  # each engine loads its model when it answers
+        policy, policy_tokenizer = args.policy, load_tokenizer(args.policy)
+        reference, reference_tokenizer = args.reference, load_tokenizer(args.reference)
     judge = build_judge(args).to(args.device)
     result = win_rate(
         policy,
@@ -306,6 +317,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "lit-rlhf winrate") -> W
         ci_method=args.ci_method,
         num_resamples=args.num_resamples,
         seed=args.bootstrap_seed,
+        engine=args.engine,
+        vllm=settings,
     )
     seconds = time.perf_counter() - start
     judge_name = f"reward model {args.judge_reward_model}" if args.judge_reward_model else f"LLM {args.judge_llm}"
@@ -326,6 +339,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "lit-rlhf winrate") -> W
             "prompts": args.prompts,
             "judge": {"reward_model": args.judge_reward_model, "llm": args.judge_llm},
             "max_new_tokens": args.max_new_tokens,
+            "engine": args.engine,
             "seconds": seconds,
             **result.to_dict(),
         }
@@ -335,5 +349,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "lit-rlhf winrate") -> W
     return result
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m lit_rlhf.winrate: lit-rlhf winrate, its errors as one line
+    from lit_rlhf.cli import main as cli_main
+
+    sys.argv[0] = "lit-rlhf"
+    cli_main(["winrate", *sys.argv[1:]])

@@ -115,6 +115,9 @@ def _check_on_two_ranks(rank: int, port: int, out_dir: str) -> None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
         policy.zero_grad(set_to_none=True)
         sharded = sharded_bytes(policy)["parameters"]
+        from lit_rlhf.engines.weights import engine_weights
+
+        pushed = dict(engine_weights(policy))  # what a sampling engine is fed: whole tensors on every rank
         state = full_state_dict(policy)
         torch.save(
             {
@@ -123,6 +126,8 @@ def _check_on_two_ranks(rank: int, port: int, out_dir: str) -> None:
                 "sharded_bytes": sharded,
                 "state_keys": sorted(state),
                 "state_equal": all(torch.equal(state[k], v) for k, v in whole_state.items()) if state else None,
+                "engine_weights_equal": set(pushed) == set(whole_state)
+                and all(torch.equal(pushed[k], v) for k, v in whole_state.items()),
             },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
@@ -138,6 +143,8 @@ def test_sharded_models_forward_score_sample_clip_and_gather_as_whole_ones(tmp_p
         assert rank["sharded_bytes"] <= 0.55 * rank["whole_bytes"]
     # The full weights reach rank 0 only, equal to the model before sharding.
     assert ranks[0]["state_equal"] is True and len(ranks[0]["state_keys"]) > 0
+    # A sampling engine's weights are gathered tensor by tensor on every rank.
+    assert all(rank["engine_weights_equal"] for rank in ranks)
     assert ranks[1]["state_keys"] == []
 
 

@@ -10,6 +10,9 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.data.tokenization import encode_prompt
+from lit_rlhf.engines.settings import SAMPLING_ENGINES, VLLMSettings, require_vllm
+from lit_rlhf.errors import ConfigError
+from lit_rlhf.evaluation.engine import engine_responses, open_engine
 from lit_rlhf.evaluation.judges import PairwiseJudge, Verdict
 from lit_rlhf.functional.winrate import CIMethod, WinRateStats, pair_scores, win_rate_stats
 from lit_rlhf.generation import responses_in_batches
@@ -215,18 +218,21 @@ def compare_responses(
 
 
 def _model_and_tokenizer(
-    model: PreTrainedModel | str, tokenizer: PreTrainedTokenizerBase | None, role: str, dtype: str | None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model: PreTrainedModel | str,
+    tokenizer: PreTrainedTokenizerBase | None,
+    role: str,
+    dtype: str | None,
+    load: bool = True,
+) -> tuple[PreTrainedModel | str, PreTrainedTokenizerBase]:
     if isinstance(model, str):
         tokenizer = tokenizer or load_tokenizer(model)
-        return load_causal_lm(model, tokenizer, dtype=dtype).eval(), tokenizer
+        return (load_causal_lm(model, tokenizer, dtype=dtype).eval() if load else model), tokenizer
     if tokenizer is None:
         raise ValueError(f"the {role} is a model object: pass its tokenizer too")
     return model, tokenizer
 
 
-def _context_budget(model: PreTrainedModel, max_new_tokens: int) -> int | None:
-    context = getattr(model.config, "max_position_embeddings", None)
+def _context_budget(context: int | None, max_new_tokens: int) -> int | None:
     if context is None:
         return None
     if context <= max_new_tokens:
@@ -253,6 +259,8 @@ def win_rate(
     ci_method: CIMethod = "bootstrap",
     num_resamples: int = 10_000,
     seed: int = 0,
+    engine: str = "generate",
+    vllm: VLLMSettings | None = None,
 ) -> WinRateResult:
     """Greedy responses of the policy and of the reference to each prompt, judged in both orders.
 
@@ -276,13 +284,26 @@ def win_rate(
             reference answers the same every time): not generated again.
         confidence, ci_method, num_resamples, seed: the interval (see
             :func:`~lit_rlhf.functional.winrate.win_rate_stats`).
+        engine: ``generate`` (Hugging Face ``generate``) or ``vllm``: a vLLM engine per model, one at a time
+            (built on a folder, or handed a model object's weights), closed after its answers; a model's context is
+            then the engine's ``max_model_len``.
+        vllm: the vLLM engine's settings (default :class:`~lit_rlhf.engines.settings.VLLMSettings` with ``dtype``).
 
     Returns:
         :class:`WinRateResult`.
+
+    Raises:
+        ConfigError: an unknown ``engine``, or ``vllm`` without vLLM installed (before any model loads).
     """
-    policy, tokenizer = _model_and_tokenizer(policy, tokenizer, "policy", dtype)
+    if engine not in SAMPLING_ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(SAMPLING_ENGINES)}, got {engine!r}")
+    if engine == "vllm":
+        require_vllm("--engine")
+        vllm = vllm or VLLMSettings(dtype=dtype)
+    load = engine == "generate"
+    policy, tokenizer = _model_and_tokenizer(policy, tokenizer, "policy", dtype, load)
     if isinstance(reference, str):
-        reference, reference_tokenizer = _model_and_tokenizer(reference, reference_tokenizer, "reference", dtype)
+        reference, reference_tokenizer = _model_and_tokenizer(reference, reference_tokenizer, "reference", dtype, load)
     else:
         reference_tokenizer = reference_tokenizer or tokenizer
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
@@ -294,23 +315,36 @@ def win_rate(
         models.append(("reference", reference, reference_tokenizer))
     responses = []
     for role, model, model_tokenizer in models:
-        budget = _context_budget(model, max_new_tokens)
-        if prompt_ids is not None and model_tokenizer is tokenizer:
-            ids = [list(p)[-budget:] if budget else list(p) for p in prompt_ids]
-            truncated = sum(len(p) > len(i) for p, i in zip(prompt_ids, ids))
-        else:
-            ids, truncated = encode_prompts(
-                model_tokenizer,
-                prompts,
-                use_chat_template=use_chat_template,
-                system_prompt=system_prompt,
-                max_prompt_length=budget,
-            )
-        if truncated:
-            log.warning("%d of %d prompts were cut to the %s's last %s tokens", truncated, len(ids), role, budget)
-        responses.append(
-            greedy_responses(model, model_tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        )
+        sampler = open_engine(model, model_tokenizer, vllm) if engine == "vllm" else None
+        try:
+            if sampler is not None:
+                context = sampler.max_model_len
+            else:
+                context = getattr(model.config, "max_position_embeddings", None)
+            budget = _context_budget(context, max_new_tokens)
+            if prompt_ids is not None and model_tokenizer is tokenizer:
+                ids = [list(p)[-budget:] if budget else list(p) for p in prompt_ids]
+                truncated = sum(len(p) > len(i) for p, i in zip(prompt_ids, ids))
+            else:
+                ids, truncated = encode_prompts(
+                    model_tokenizer,
+                    prompts,
+                    use_chat_template=use_chat_template,
+                    system_prompt=system_prompt,
+                    max_prompt_length=budget,
+                )
+            if truncated:
+                log.warning("%d of %d prompts were cut to the %s's last %s tokens", truncated, len(ids), role, budget)
+            if sampler is None:
+                answers = greedy_responses(
+                    model, model_tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size
+                )
+            else:
+                answers = engine_responses(sampler, model_tokenizer, ids, max_new_tokens=max_new_tokens)
+        finally:
+            if sampler is not None:
+                sampler.close()
+        responses.append(answers)
     return compare_responses(
         prompts,
         responses[0],

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
+from lit_rlhf.engines.settings import SAMPLING_ENGINES, require_vllm
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.dpo import DPO_LOSS_TYPES
 from lit_rlhf.functional.dpo_pairs import PAIR_RULES
@@ -195,7 +196,43 @@ ONLINE_RULES: dict[str, Rule] = {
     "max_grad_norm": greater_than(0, "gradient clipping norm"),
     "num_minibatches": integer_at_least(1, "optimizer steps per pass over a batch"),
     "num_logged_samples": integer_at_least(0, "rows of the sample table"),
+    "sampling_engine": one_of(SAMPLING_ENGINES, "what samples the rollouts: Hugging Face generate or vLLM"),
 }
+
+VLLM_RULES: dict[str, Rule] = {
+    "gpu_memory_utilization": between(0, 1, low_open=True, why="share of the GPU's memory the engine takes"),
+    "kv_cache_gib": greater_than(0, "the engine's KV cache in GiB; null = 1 on the CPU, from the GPU share", True),
+    "max_model_len": integer_at_least(1, "longest prompt plus response; null = the policy's context", True),
+    "max_num_seqs": integer_at_least(1, "most sequences the engine runs at once"),
+}
+"""Fields of ``vllm`` (:class:`~lit_rlhf.engines.settings.VLLMSettings`)."""
+
+
+def check_sampling_engine(values: Mapping[str, Any]) -> None:
+    """``sampling_engine: vllm`` needs vLLM installed and a policy it can load; ``vllm`` settings need it chosen.
+
+    Raises:
+        ConfigError: naming the option (and, for vLLM missing, the install command).
+    """
+    engine, settings = values.get("sampling_engine", "generate"), values.get("vllm")
+    check_options({"sampling_engine": engine}, {"sampling_engine": ONLINE_RULES["sampling_engine"]})
+    if engine != "vllm":
+        if settings is not None:
+            raise ConfigError(
+                f"{MODEL_PREFIX}vllm sets up the vLLM engine, which this run does not use (sampling_engine "
+                f"{engine!r}); set --{MODEL_PREFIX}sampling_engine vllm or remove vllm"
+            )
+        return
+    if values.get("load_in_4bit"):
+        raise ConfigError(
+            f"{MODEL_PREFIX}sampling_engine vllm cannot sample from a 4-bit policy (load_in_4bit: the engine would "
+            "need the dequantised merged weights at every rollout); use sampling_engine: generate with load_in_4bit"
+        )
+    if settings is not None:
+        fields = settings if isinstance(settings, Mapping) else vars(settings)
+        check_options(fields, VLLM_RULES, prefix=MODEL_PREFIX + "vllm.")
+    require_vllm(MODEL_PREFIX + "sampling_engine")
+
 
 PPO_RULES: dict[str, Rule] = {
     "actor_learning_rate": greater_than(0, "peak AdamW learning rate of the policy"),
@@ -279,6 +316,7 @@ def check_ppo_options(values: Mapping[str, Any]) -> None:
         ConfigError: naming the first option out of range.
     """
     check_options(values, PPO_RULES)
+    check_sampling_engine(values)
     backbone = values.get("critic_backbone", "separate")
     if backbone not in ("separate", "shared"):
         raise config_error(f"{MODEL_PREFIX}critic_backbone", "separate or shared", backbone)
@@ -296,6 +334,7 @@ def check_grpo_options(values: Mapping[str, Any]) -> None:
         ConfigError: naming the first option out of range.
     """
     check_options(values, GRPO_RULES)
+    check_sampling_engine(values)
     check_reward_sources(values)
 
 
@@ -341,6 +380,7 @@ def check_online_dpo_options(values: Mapping[str, Any]) -> None:
         ConfigError: naming the first option out of range.
     """
     check_options(values, ONLINE_DPO_RULES)
+    check_sampling_engine(values)
     check_reward_sources(values)
     check_label_smoothing(values)
 

@@ -7,11 +7,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from lit_rlhf.engines.settings import SamplingEngine, VLLMSettings
 from lit_rlhf.functional.accumulation import micro_batch_weights
 from lit_rlhf.functional.grpo import LossAveraging, group_advantages, grpo_loss, minibatch_rows
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.generation import Generation, decode_responses, generate
+from lit_rlhf.generation import Generation, decode_responses
 from lit_rlhf.models.adapters import LoraConfig, lora_settings
 from lit_rlhf.models.shared_prompt import first_rows
 from lit_rlhf.modules.base import AdamWImplementation, adamw_flags
@@ -53,6 +54,7 @@ def sample_and_score(
     *,
     share_prompt: bool = False,
     gather_sharded: bool = True,
+    policy_logprobs: bool = True,
 ) -> tuple[Generation, torch.Tensor, dict[str, torch.Tensor]]:
     """Sample ``num_samples`` answers per prompt of ``batch`` with ``module``'s policy and score them (no grad).
 
@@ -66,28 +68,22 @@ def sample_and_score(
         num_samples: answers per prompt.
         share_prompt: compute each prompt once for its answers (see :func:`~lit_rlhf.generation.generate`).
         gather_sharded: under FSDP2, gather the whole policy once for the sampling.
+        policy_logprobs: also return the answers' log-probabilities under the policy (see
+            :meth:`~lit_rlhf.modules.engine_sampling.EngineSampling.sample`).
 
     Returns:
         The :class:`~lit_rlhf.generation.Generation` (``batch * num_samples`` rows), the ``(batch * num_samples,)``
-        rewards (after the missing-EOS penalty) and the reward source's statistics.
+        rewards (after the missing-EOS penalty) and the reward source's and the sampling engine's statistics.
     """
     hp = module.hparams
     rows = [row for row in batch["rows"] for _ in range(num_samples)]
     with torch.no_grad():
-        generation = generate(
-            module.model,
+        generation, engine_stats = module.sample(
             batch["prompt_input_ids"],
             batch["prompt_attention_mask"],
             num_samples=num_samples,
+            policy_logprobs=policy_logprobs,
             share_prompt=share_prompt,
-            max_new_tokens=hp.max_new_tokens,
-            eos_token_id=module.tokenizer.eos_token_id,
-            pad_token_id=module.tokenizer.pad_token_id,
-            do_sample=True,
-            temperature=hp.temperature,
-            top_k=hp.top_k,
-            top_p=hp.top_p,
-            return_logprobs=True,
             gather_sharded=gather_sharded,
         )
         if not bool(generation.has_eos.any()):
@@ -101,7 +97,7 @@ def sample_and_score(
         rewards, reward_stats = module.score(rows, completions, generation.has_eos.tolist())
         if hp.missing_eos_penalty is not None:
             rewards = torch.where(generation.has_eos, rewards, rewards - hp.missing_eos_penalty)
-    return generation, rewards, reward_stats
+    return generation, rewards, {**reward_stats, **engine_stats}
 
 
 class GRPOModule(OnlineRLModule):
@@ -179,6 +175,13 @@ class GRPOModule(OnlineRLModule):
             fine-tuning.
         load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config`` and ``bitsandbytes``;
             CUDA or CPU).
+        sampling_engine: what samples the rollouts: ``generate`` (Hugging Face ``generate`` on the training model) or
+            ``vllm`` (a vLLM engine in each training process, fed the policy's weights before every rollout; the
+            update's log-probabilities are recomputed by the policy and the gap is logged as ``engine/logprob_gap_*``;
+            needs vLLM: ``pip install 'lit_rlhf[vllm]'``). Validation answers with the same engine.
+        vllm: the vLLM engine's settings (:class:`~lit_rlhf.engines.settings.VLLMSettings`: ``gpu_memory_utilization``,
+            ``kv_cache_gib``, ``max_model_len``, ``sleep``, ``enforce_eager``, ``dtype``, ``max_num_seqs``); ``null``:
+            their defaults. Only with ``sampling_engine: vllm``.
     """
 
     def __init__(
@@ -220,11 +223,14 @@ class GRPOModule(OnlineRLModule):
         gather_for_sampling: bool = True,
         peft_config: LoraConfig | None = None,
         load_in_4bit: bool = False,
+        sampling_engine: SamplingEngine = "generate",
+        vllm: VLLMSettings | None = None,
     ) -> None:
         super().__init__()
         check_grpo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         self.save_hyperparameters(ignore=["rewards", "peft_config"])
+        self.use_sampling_engine(sampling_engine, vllm)
         self.hparams["peft_config"] = lora_settings(peft_config)
         self.automatic_optimization = False
         self.shard_frozen_models = shard_frozen_models

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 
 from lit_rlhf.functional.ppo import masked_mean_var, mean_var_from_sums, mean_var_to_sums
-from lit_rlhf.generation import generate_for_batch
+from lit_rlhf.generation import decode_responses
 from lit_rlhf.models.adapters import AdaptersDisabled, quantized_load
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.modules.base import CHECKPOINT_KEY
+from lit_rlhf.modules.engine_sampling import EngineSampling
 from lit_rlhf.modules.nonfinite import GuardedModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.sharding import is_sharded
@@ -28,7 +29,7 @@ def _do_nothing() -> None:
     """Stands in for the manual-optimization loop's step counting inside :meth:`OnlineRLModule.one_training_step`."""
 
 
-class OnlineRLModule(GuardedModule):
+class OnlineRLModule(EngineSampling, GuardedModule):
     """Base of modules that learn from their own samples (``automatic_optimization = False``).
 
     Subclasses call :meth:`load_policy` in ``__init__``, implement ``training_step`` (one batch of prompts = one
@@ -124,6 +125,7 @@ class OnlineRLModule(GuardedModule):
         self._move_frozen_to_module_device()
 
     def teardown(self, stage: str) -> None:
+        self.close_sampling_engine()
         # After a run Lightning moves the module back to the CPU; the frozen models and the reward source, kept out
         # of the module's parameters (and checkpoints), follow it, so they hold no accelerator memory afterwards.
         self._move_frozen_to_module_device()
@@ -351,7 +353,8 @@ class OnlineRLModule(GuardedModule):
     # -- validation: greedy answers, gold metrics next to the reward ----------------------------------------------
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        generation, completions = generate_for_batch(self.model, self.tokenizer, batch, self.hparams.max_new_tokens)
+        generation, _ = self.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], do_sample=False)
+        completions = decode_responses(self.tokenizer, generation)
         rows = batch["rows"]
         datamodule = getattr(self.trainer, "datamodule", None)
         metrics = dict(datamodule.score_completions(completions, rows)) if datamodule is not None else {}

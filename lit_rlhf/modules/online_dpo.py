@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from lit_rlhf.engines.settings import SamplingEngine, VLLMSettings
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.dpo import REFERENCE_FREE_LOSSES, DPOLossType, dpo_loss, sequence_logps
 from lit_rlhf.functional.dpo_pairs import PairRule, preference_pairs
@@ -100,6 +101,13 @@ class OnlineDPOModule(OnlineRLModule):
         peft_config: LoRA adapters on the policy (``class_path: peft.LoraConfig``): only they train and the reference
             is the policy with its adapters switched off. ``null``: full fine-tuning.
         load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config`` and ``bitsandbytes``).
+        sampling_engine: what samples the rollouts: ``generate`` (Hugging Face ``generate`` on the training model) or
+            ``vllm`` (a vLLM engine in each training process, fed the policy's weights before every rollout; the
+            update's log-probabilities are recomputed by the policy and the gap is logged as ``engine/logprob_gap_*``;
+            needs vLLM: ``pip install 'lit_rlhf[vllm]'``). Validation answers with the same engine.
+        vllm: the vLLM engine's settings (:class:`~lit_rlhf.engines.settings.VLLMSettings`: ``gpu_memory_utilization``,
+            ``kv_cache_gib``, ``max_model_len``, ``sleep``, ``enforce_eager``, ``dtype``, ``max_num_seqs``); ``null``:
+            their defaults. Only with ``sampling_engine: vllm``.
     """
 
     def __init__(
@@ -136,11 +144,14 @@ class OnlineDPOModule(OnlineRLModule):
         max_nonfinite_steps: int | None = 3,
         peft_config: LoraConfig | None = None,
         load_in_4bit: bool = False,
+        sampling_engine: SamplingEngine = "generate",
+        vllm: VLLMSettings | None = None,
     ) -> None:
         super().__init__()
         check_online_dpo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)
         self.save_hyperparameters(ignore=["rewards", "peft_config"])
+        self.use_sampling_engine(sampling_engine, vllm)
         self.hparams["peft_config"] = lora_settings(peft_config)
         self.automatic_optimization = False
         self.setup_nonfinite_guard({"policy": "learning_rate"}, max_nonfinite_steps, "the rewards")
@@ -183,7 +194,7 @@ class OnlineDPOModule(OnlineRLModule):
         """
         hp = self.hparams
         k = hp.samples_per_prompt
-        generation, rewards, reward_stats = sample_and_score(self, batch, k)
+        generation, rewards, reward_stats = sample_and_score(self, batch, k, policy_logprobs=False)
         pairs = preference_pairs(rewards.view(-1, k).float(), hp.pair_rule)
         response_mask = generation.response_mask
         answers = RoundAnswers(

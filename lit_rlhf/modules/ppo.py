@@ -9,13 +9,14 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from lit_rlhf.engines.settings import SamplingEngine, VLLMSettings
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.accumulation import micro_batch_weights
 from lit_rlhf.functional.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.functional.ppo import gae, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from lit_rlhf.functional.schedules import ScheduleName
-from lit_rlhf.generation import decode_responses, generate
+from lit_rlhf.generation import decode_responses
 from lit_rlhf.models.adapters import LoraConfig, lora_settings, quantized_load
 from lit_rlhf.models.padding_free import check_padding_free
 from lit_rlhf.models.scoring import load_reward_model
@@ -115,6 +116,13 @@ class PPOModule(OnlineRLModule):
             loaded from ``critic_name_or_path``) or ``shared`` (the policy's frozen backbone, with a second adapter
             applied only for values, and a value head: no second backbone is loaded; ``critic_name_or_path`` is
             then unused, and the critic starts from the SFT features instead of the reward model's). Not under FSDP2.
+        sampling_engine: what samples the rollouts: ``generate`` (Hugging Face ``generate`` on the training model) or
+            ``vllm`` (a vLLM engine in each training process, fed the policy's weights before every rollout; the
+            update's log-probabilities are recomputed by the policy and the gap is logged as ``engine/logprob_gap_*``;
+            needs vLLM: ``pip install 'lit_rlhf[vllm]'``). Validation answers with the same engine.
+        vllm: the vLLM engine's settings (:class:`~lit_rlhf.engines.settings.VLLMSettings`: ``gpu_memory_utilization``,
+            ``kv_cache_gib``, ``max_model_len``, ``sleep``, ``enforce_eager``, ``dtype``, ``max_num_seqs``); ``null``:
+            their defaults. Only with ``sampling_engine: vllm``.
     """
 
     def __init__(
@@ -159,11 +167,14 @@ class PPOModule(OnlineRLModule):
         peft_config: LoraConfig | None = None,
         load_in_4bit: bool = False,
         critic_backbone: Literal["separate", "shared"] = "separate",
+        sampling_engine: SamplingEngine = "generate",
+        vllm: VLLMSettings | None = None,
     ) -> None:
         super().__init__()
         check_ppo_options(locals())  # every option value, before any model loads
         adamw_flags(adamw_implementation)  # an unknown name fails here, not at the first step
         self.save_hyperparameters(ignore=["reward", "peft_config"])
+        self.use_sampling_engine(sampling_engine, vllm)
         self.hparams["peft_config"] = lora_settings(peft_config)
         self.automatic_optimization = False
         self.shard_frozen_models = shard_frozen_models
@@ -239,20 +250,7 @@ class PPOModule(OnlineRLModule):
         """Sample responses and turn them into experience (:class:`Rollout`) plus statistics to log."""
         hp = self.hparams
         prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        generation = generate(
-            self.model,
-            prompt_ids,
-            prompt_mask,
-            max_new_tokens=hp.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            do_sample=True,
-            temperature=hp.temperature,
-            top_k=hp.top_k,
-            top_p=hp.top_p,
-            return_logprobs=True,
-            gather_sharded=hp.gather_for_sampling,
-        )
+        generation, engine_stats = self.sample(prompt_ids, prompt_mask, gather_sharded=hp.gather_for_sampling)
         response_ids, response_mask = generation.response_ids, generation.response_mask
         if not bool(generation.has_eos.any()):
             warnings.warn(
@@ -267,7 +265,7 @@ class PPOModule(OnlineRLModule):
         if hp.missing_eos_penalty is not None:
             scores = torch.where(generation.has_eos, scores, scores - hp.missing_eos_penalty)
         self.count_constant_scores(scores)  # no score signal in this rollout: counted, trained on
-        logprobs = generation.logprobs  # from the sampling pass itself: no second forward of the policy
+        logprobs = generation.logprobs  # generate: from its sampling pass (no second forward); vLLM: recomputed
         packed = hp.padding_free
         ref_logprobs = response_logprobs(
             self.reference, prompt_ids, prompt_mask, response_ids, response_mask, hp.temperature, padding_free=packed
@@ -289,6 +287,7 @@ class PPOModule(OnlineRLModule):
             "rollout/response_length": response_mask.sum(dim=1).float().mean(),
             "rollout/eos_rate": generation.has_eos.float().mean(),
             **reward_stats,
+            **engine_stats,
         }
         experience = Rollout(
             prompt_ids, prompt_mask, response_ids, response_mask, logprobs, values, advantages, returns

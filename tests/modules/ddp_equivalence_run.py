@@ -19,10 +19,9 @@ import lightning as L
 import torch
 from peft import LoraConfig
 
-import lit_rlhf.modules.ppo as ppo_module
 from lit_rlhf.data import ArithmeticDataModule
 from lit_rlhf.generation import Generation
-from lit_rlhf.modules import PPOModule
+from lit_rlhf.modules import PPOModule, engine_sampling
 from lit_rlhf.rewards import FunctionReward
 from lit_rlhf.rollout import response_logprobs
 from lit_rlhf.sharding import full_tensor
@@ -119,7 +118,7 @@ def main(policy_dir: str, out_dir: str, devices: str, strategy: str = "ddp", var
         for param in module.model.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
         module.critic.score.weight.normal_(std=0.1, generator=generator)
-    ppo_module.generate = PromptKeyedSampler(module)
+    engine_sampling.generate = PromptKeyedSampler(module)
     data = ArithmeticDataModule(
         format="prompt", num_train=GLOBAL_BATCH, num_val=8, batch_size=GLOBAL_BATCH // devices, eval_batch_size=8
     )

@@ -22,10 +22,9 @@ import lightning as L
 import torch
 from peft import LoraConfig
 
-import lit_rlhf.modules.grpo as grpo_module
 from lit_rlhf.data import ArithmeticDataModule
 from lit_rlhf.generation import Generation
-from lit_rlhf.modules import GRPOModule
+from lit_rlhf.modules import GRPOModule, engine_sampling
 from lit_rlhf.rewards import ArithmeticVerifierReward, LengthReward
 from lit_rlhf.rollout import response_logprobs
 from lit_rlhf.sharding import full_tensor
@@ -180,7 +179,7 @@ def same_global_batch(policy_dir: str, out_dir: str, strategy: str, devices: str
         generator = torch.Generator().manual_seed(1)
         for param in module.model.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    grpo_module.generate = PromptKeyedSampler(module)
+    engine_sampling.generate = PromptKeyedSampler(module)
     data = ArithmeticDataModule(
         format="prompt", num_train=GLOBAL_BATCH, num_val=8, batch_size=GLOBAL_BATCH // devices, eval_batch_size=8
     )

@@ -16,9 +16,8 @@ import sys
 import lightning as L
 import torch
 
-import lit_rlhf.modules.grpo as grpo_module
 from lit_rlhf.data import ArithmeticDataModule
-from lit_rlhf.modules import OnlineDPOModule
+from lit_rlhf.modules import OnlineDPOModule, engine_sampling
 from lit_rlhf.rewards import FunctionReward
 from tests.modules.ddp_grpo_run import GLOBAL_BATCH, RESPONSE_WORDS, PromptKeyedSampler
 from tests.modules.wiring import digit_fraction, perturb
@@ -80,7 +79,7 @@ def same_global_batch(policy_dir: str, out_dir: str, devices: str) -> None:
         max_grad_norm=1e3,  # no clipping: a clipped gradient would hide a wrong weighting of the ranks' pairs
     )
     perturb(module.model, std=0.05, seed=1)  # a policy away from its reference
-    grpo_module.generate = PromptKeyedSampler(module)
+    engine_sampling.generate = PromptKeyedSampler(module)
     data = ArithmeticDataModule(
         format="prompt", num_train=GLOBAL_BATCH, num_val=8, batch_size=GLOBAL_BATCH // devices, eval_batch_size=8
     )

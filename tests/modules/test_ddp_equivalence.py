@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-import lit_rlhf.modules.ppo as ppo_module
+from lit_rlhf.modules import engine_sampling
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_equivalence_run.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,7 +36,7 @@ def run_one_process(policy_dir: str, out_dir, monkeypatch, variant: str = "full"
     spec = importlib.util.spec_from_file_location("ddp_equivalence_run", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    monkeypatch.setattr(ppo_module, "generate", ppo_module.generate)
+    monkeypatch.setattr(engine_sampling, "generate", engine_sampling.generate)
     threads = torch.get_num_threads()
     try:
         script.main(policy_dir, str(out_dir), "1", "auto", variant)

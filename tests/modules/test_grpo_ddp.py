@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-import lit_rlhf.modules.grpo as grpo_module
+from lit_rlhf.modules import engine_sampling
 from tests.helpers import run_two_rank_script
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_grpo_run.py")
@@ -53,7 +53,7 @@ def run_one_process(policy_dir: str, out_dir, monkeypatch, variant: str = "full"
     spec = importlib.util.spec_from_file_location("ddp_grpo_run", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    monkeypatch.setattr(grpo_module, "generate", grpo_module.generate)
+    monkeypatch.setattr(engine_sampling, "generate", engine_sampling.generate)
     threads = torch.get_num_threads()
     try:
         script.same_global_batch(policy_dir, str(out_dir), "auto", "1", variant)

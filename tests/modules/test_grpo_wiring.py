@@ -5,9 +5,9 @@ import lightning as L
 import pytest
 import torch
 
-import lit_rlhf.modules.grpo as grpo_module
 from lit_rlhf.data import ArithmeticDataModule
 from lit_rlhf.functional.grpo import grpo_loss
+from lit_rlhf.modules import engine_sampling
 from lit_rlhf.modules.grpo import GRPOModule
 from lit_rlhf.rewards import FunctionReward
 from lit_rlhf.rollout import response_logprobs
@@ -62,7 +62,7 @@ def test_rollout_advantages_are_hand_applied_group_normalisation(policy_dir, mon
     module, batch = make_rollout_module(policy_dir)
     hp, tokenizer, g = module.hparams, module.tokenizer, module.hparams.num_generations
     sampler = FixedSampler(tokenizer, length=hp.max_new_tokens)
-    monkeypatch.setattr(grpo_module, "generate", sampler)
+    monkeypatch.setattr(engine_sampling, "generate", sampler)
     experience, stats = module.rollout(batch)
 
     (call,) = sampler.calls
@@ -100,7 +100,7 @@ def test_update_loss_is_the_functional_loss_of_the_rollout(policy_dir, monkeypat
     # policy and the reference: passing any of the three log-probabilities in another's place changes the loss.
     module, batch = make_rollout_module(policy_dir)
     hp = module.hparams
-    monkeypatch.setattr(grpo_module, "generate", FixedSampler(module.tokenizer, length=hp.max_new_tokens))
+    monkeypatch.setattr(engine_sampling, "generate", FixedSampler(module.tokenizer, length=hp.max_new_tokens))
     experience, _ = module.rollout(batch)
     perturb(module.model, std=0.02, seed=3)
 

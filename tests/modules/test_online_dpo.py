@@ -7,13 +7,12 @@ import lightning as L
 import pytest
 import torch
 
-import lit_rlhf.modules.grpo as grpo_module
 import lit_rlhf.modules.online_dpo as online_dpo
 from lit_rlhf.data import ArithmeticDataModule
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.dpo import dpo_loss, sequence_logps
 from lit_rlhf.functional.dpo_pairs import preference_pairs
-from lit_rlhf.modules import OnlineDPOModule
+from lit_rlhf.modules import OnlineDPOModule, engine_sampling
 from lit_rlhf.rewards import ArithmeticVerifierReward, FunctionReward
 from lit_rlhf.rewards.rules import LengthReward
 from lit_rlhf.rollout import response_logprobs
@@ -113,7 +112,7 @@ def test_a_round_pairs_the_scored_answers_and_takes_the_functional_loss(policy_d
     module, batch = make_round_module(policy_dir, pair_rule=rule)
     k = module.hparams.samples_per_prompt
     sampler = FixedSampler(module.tokenizer, length=5)
-    monkeypatch.setattr(grpo_module, "generate", sampler)
+    monkeypatch.setattr(engine_sampling, "generate", sampler)
     answers, chosen, rejected, sums = module.sample_round(batch)
 
     (call,) = sampler.calls
@@ -244,7 +243,7 @@ def test_two_ddp_ranks_with_different_pair_counts_train_as_one_process(tmp_path,
     spec = importlib.util.spec_from_file_location("ddp_online_dpo_run", script_path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    monkeypatch.setattr(grpo_module, "generate", grpo_module.generate)  # the script installs its sampler
+    monkeypatch.setattr(engine_sampling, "generate", engine_sampling.generate)  # the script installs its sampler
     threads = torch.get_num_threads()
     try:
         script.same_global_batch(policy_dir, str(tmp_path / "one"), "1")

@@ -5,10 +5,9 @@ import lightning as L
 import pytest
 import torch
 
-import lit_rlhf.modules.ppo as ppo_module
 from lit_rlhf.data import ArithmeticDataModule
 from lit_rlhf.functional.ppo import gae, masked_whiten, ppo_policy_loss, ppo_value_loss
-from lit_rlhf.modules import PPOModule
+from lit_rlhf.modules import PPOModule, engine_sampling
 from lit_rlhf.rewards import FunctionReward
 from lit_rlhf.rollout import response_logprobs, response_values
 from tests.helpers import quiet_trainer
@@ -71,7 +70,7 @@ def test_rollout_advantages_and_returns_are_hand_applied_gae_and_whitening(polic
     module, batch = make_rollout_module(policy_dir)
     hp, tokenizer = module.hparams, module.tokenizer
     sampler = FixedSampler(tokenizer, length=hp.max_new_tokens)
-    monkeypatch.setattr(ppo_module, "generate", sampler)
+    monkeypatch.setattr(engine_sampling, "generate", sampler)
     given = []
     module.reward.function = lambda prompts, completions, rows: (
         given.append(completions) or digit_fraction(prompts, completions, rows)
@@ -128,7 +127,7 @@ def test_update_losses_are_the_functional_losses_of_the_rollout(policy_dir, monk
     # swapping the new and old log-probabilities, or the returns and old values, changes the losses.
     module, batch = make_rollout_module(policy_dir)
     hp = module.hparams
-    monkeypatch.setattr(ppo_module, "generate", FixedSampler(module.tokenizer, length=hp.max_new_tokens))
+    monkeypatch.setattr(engine_sampling, "generate", FixedSampler(module.tokenizer, length=hp.max_new_tokens))
     experience, _ = module.rollout(batch)
     perturb(module.model, std=0.02, seed=3)
     perturb(module.critic, std=0.02, seed=4)
