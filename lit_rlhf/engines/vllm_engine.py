@@ -45,15 +45,22 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+class _ChatWarmupFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "chat template warmup failed" not in str(record.msg).lower()
+
+
 def _import_vllm() -> Any:
     """``vllm``, with the engine in this process; a :class:`ConfigError` naming the install command without it."""
     require_vllm()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process: weights pass by reference
     import vllm
-    import vllm.logger  # noqa: F401  (configures vLLM's loggers, which resets their levels: set ours after it)
 
     # Without a tokenizer (token ids in, token ids out) vLLM's chat-template warm-up logs a traceback it survives.
-    logging.getLogger("vllm.renderers.base").setLevel(logging.ERROR)
+    # A filter, not a level: vLLM reconfigures its loggers' levels when an engine starts.
+    renderer_logger = logging.getLogger("vllm.renderers.base")
+    if not any(isinstance(f, _ChatWarmupFilter) for f in renderer_logger.filters):
+        renderer_logger.addFilter(_ChatWarmupFilter())
     return vllm
 
 
@@ -122,7 +129,7 @@ class VLLMEngine:
         }
         if kv_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
-        self._owns_process_group = not (dist.is_available() and dist.is_initialized())
+        self.made_process_group = not (dist.is_available() and dist.is_initialized())
         if _distributed():
             # One engine per training process (tensor parallel 1) on the training's process group.
             kwargs["distributed_executor_backend"] = "external_launcher"
@@ -266,19 +273,33 @@ class VLLMEngine:
         return _as_generation(completions, eos_token_id, pad_token_id, return_logprobs, device)
 
     def close(self) -> None:
-        """Shut the engine down and free its memory (and the process group it made, if it made one)."""
+        """Shut the engine down and free its memory. A process group the training made stays: vLLM's own shutdown
+        would destroy it, so under DDP or FSDP2 only the engine's parts and its own groups are released."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
-        with contextlib.suppress(Exception):
-            llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-        if self._owns_process_group:
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        from vllm.distributed import parallel_state
 
-            destroy_model_parallel()
-            destroy_distributed_environment()
+        core = llm.llm_engine.engine_core
+        if self.made_process_group:
+            core.shutdown()  # and the process group of one it made
+        else:
+            engine_core = core.engine_core
+            engine_core.model_executor.shutdown()
+            engine_core.scheduler.shutdown()
+            finalizer = getattr(core, "_finalizer", None)
+            if finalizer is not None:
+                finalizer.detach()  # it would run the whole shutdown when the engine is collected
+            gc.unfreeze()
+            parallel_state.destroy_model_parallel()
+            if parallel_state._WORLD is not None:
+                parallel_state._WORLD.destroy()
+                parallel_state._WORLD = None
+        del llm, core
+        gc.collect()
+        if self.made_process_group and dist.is_available() and dist.is_initialized():
+            parallel_state.destroy_model_parallel()
+            parallel_state.destroy_distributed_environment()
         if self.on_cuda:
             torch.cuda.empty_cache()
         if self._temporary is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -58,6 +59,10 @@ class EngineSampling:
 
         if self._engine is None:
             self._engine = VLLMEngine.for_policy(self.model, self.vllm_settings)
+            if self._engine.made_process_group:
+                # vLLM started a process group of one process: Lightning's advice to sync logs across processes,
+                # which it then gives, does not apply.
+                warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         if self._engine_iteration != self.iteration or self._engine.asleep:
             self._engine.load_weights(engine_weights(self.model))  # every process together under FSDP2
             self._engine_iteration = self.iteration
