@@ -148,3 +148,12 @@ class ExitAfterStep(L.Callback):
             if trainer.logger is not None:
                 trainer.logger.experiment.flush()
             os._exit(0)
+
+
+def needs_vllm():
+    """The marks of a test that runs vLLM: ``vllm`` (``make test-vllm``) and a skip where vLLM is not installed."""
+    import pytest
+
+    from lit_rlhf.engines.settings import vllm_available
+
+    return [pytest.mark.vllm, pytest.mark.skipif(not vllm_available(), reason="needs vLLM: make test-vllm")]

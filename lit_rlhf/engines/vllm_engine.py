@@ -45,9 +45,14 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-class _ChatWarmupFilter(logging.Filter):
+class _NoTokenizerFilter(logging.Filter):
+    """Drops vLLM's notes that it has no tokenizer (by design: token ids in and out, stop at the EOS id given)."""
+
+    NOTES = ("chat template warmup failed", "because tokenizer is not initialized")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "chat template warmup failed" not in str(record.msg).lower()
+        message = str(record.msg).lower()
+        return not any(note in message for note in self.NOTES)
 
 
 def _import_vllm() -> Any:
@@ -56,11 +61,11 @@ def _import_vllm() -> Any:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process: weights pass by reference
     import vllm
 
-    # Without a tokenizer (token ids in, token ids out) vLLM's chat-template warm-up logs a traceback it survives.
-    # A filter, not a level: vLLM reconfigures its loggers' levels when an engine starts.
+    # Without a tokenizer vLLM's chat-template warm-up logs a traceback it survives, and each request a note that
+    # it has no BOS or EOS id. A filter, not a level: vLLM reconfigures its loggers' levels when an engine starts.
     renderer_logger = logging.getLogger("vllm.renderers.base")
-    if not any(isinstance(f, _ChatWarmupFilter) for f in renderer_logger.filters):
-        renderer_logger.addFilter(_ChatWarmupFilter())
+    if not any(isinstance(f, _NoTokenizerFilter) for f in renderer_logger.filters):
+        renderer_logger.addFilter(_NoTokenizerFilter())
     return vllm
 
 
@@ -129,6 +134,10 @@ class VLLMEngine:
         }
         if kv_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
+        if not self.on_cuda:
+            # A prompt prefilled in chunks has the sample of its unfinished chunk dropped, and vLLM then winds its
+            # seeded generator back, which a CPU generator cannot do: prompts are prefilled whole on the CPU.
+            kwargs["enable_chunked_prefill"] = False
         self.made_process_group = not (dist.is_available() and dist.is_initialized())
         if _distributed():
             # One engine per training process (tensor parallel 1) on the training's process group.

@@ -11,7 +11,7 @@ import torch
 from lit_rlhf.engines.settings import VLLMSettings
 from lit_rlhf.functional.masking import masked_mean
 from lit_rlhf.generation import Generation, generate
-from lit_rlhf.rollout import response_logprobs
+from lit_rlhf.rollout import response_logprobs, shared_prompt_response_logprobs
 
 
 def engine_logprob_gap(engine_logprobs: torch.Tensor, policy_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -135,21 +135,45 @@ class EngineSampling:
             engine.sleep()  # on a GPU: its memory goes to the update until the next rollout
         if not want_logprobs:
             return generation._replace(logprobs=None), {}
-        ids = prompt_ids.repeat_interleave(num_samples, dim=0)
-        mask = prompt_mask.repeat_interleave(num_samples, dim=0)
         was_training = self.model.training
         self.model.eval()
         try:
-            recomputed = response_logprobs(
-                self.model,
-                ids,
-                mask,
-                generation.response_ids,
-                generation.response_mask,
-                hp.temperature,
-                padding_free=bool(hp.get("padding_free", False)),
-            )
+            recomputed = self._recomputed_logprobs(prompt_ids, prompt_mask, num_samples, share_prompt, generation)
         finally:
             self.model.train(was_training)
         stats = engine_logprob_gap(generation.logprobs, recomputed, generation.response_mask)
         return generation._replace(logprobs=recomputed), stats
+
+    def _recomputed_logprobs(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        num_samples: int,
+        share_prompt: bool,
+        generation: Generation,
+    ) -> torch.Tensor:
+        """The sampled tokens' log-probabilities under the policy, each prompt computed once for its samples with
+        ``share_prompt`` (as the updates compute them)."""
+        hp = self.hparams
+        padding_free = bool(hp.get("padding_free", False))
+        if share_prompt and num_samples > 1 and prompt_ids.size(1) > 1:
+            index = torch.arange(prompt_ids.size(0), device=prompt_ids.device).repeat_interleave(num_samples)
+            return shared_prompt_response_logprobs(
+                self.model,
+                prompt_ids,
+                prompt_mask,
+                index,
+                generation.response_ids,
+                generation.response_mask,
+                hp.temperature,
+                padding_free=padding_free,
+            )
+        return response_logprobs(
+            self.model,
+            prompt_ids.repeat_interleave(num_samples, dim=0),
+            prompt_mask.repeat_interleave(num_samples, dim=0),
+            generation.response_ids,
+            generation.response_mask,
+            hp.temperature,
+            padding_free=padding_free,
+        )

@@ -29,8 +29,8 @@ def test_vllm_settings_without_the_vllm_engine_are_refused(capsys):
 
 
 @pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="needs vLLM: make test-vllm")
 def test_grpo_config_with_the_vllm_engine_logs_the_gap(tmp_path):
-    pytest.importorskip("vllm")
     from lit_rlhf.cli import cli_main
     from lit_rlhf.models import build_word_tokenizer
     from lit_rlhf.models.tiny import build_tiny_llama

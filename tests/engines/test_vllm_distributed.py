@@ -9,11 +9,10 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("vllm")
+from tests.engines.test_vllm_modules import vllm_policy_dir  # noqa: F401
+from tests.helpers import needs_vllm
 
-from tests.engines.test_vllm_modules import vllm_policy_dir  # noqa: E402, F401
-
-pytestmark = pytest.mark.vllm
+pytestmark = needs_vllm()
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_distributed_run.py")
 

@@ -5,19 +5,18 @@ import pytest
 import torch
 from peft import LoraConfig
 
-pytest.importorskip("vllm")
+from lit_rlhf.engines.settings import VLLMSettings
+from lit_rlhf.engines.vllm_engine import VLLMEngine
+from lit_rlhf.engines.weights import engine_weights
+from lit_rlhf.functional.padding import pad_left
+from lit_rlhf.generation import generate
+from lit_rlhf.models import build_word_tokenizer
+from lit_rlhf.models.adapters import apply_adapters
+from lit_rlhf.models.tiny import build_tiny_llama
+from lit_rlhf.rollout import response_logprobs
+from tests.helpers import needs_vllm
 
-from lit_rlhf.engines.settings import VLLMSettings  # noqa: E402
-from lit_rlhf.engines.vllm_engine import VLLMEngine  # noqa: E402
-from lit_rlhf.engines.weights import engine_weights  # noqa: E402
-from lit_rlhf.functional.padding import pad_left  # noqa: E402
-from lit_rlhf.generation import generate  # noqa: E402
-from lit_rlhf.models import build_word_tokenizer  # noqa: E402
-from lit_rlhf.models.adapters import apply_adapters  # noqa: E402
-from lit_rlhf.models.tiny import build_tiny_llama  # noqa: E402
-from lit_rlhf.rollout import response_logprobs  # noqa: E402
-
-pytestmark = pytest.mark.vllm
+pytestmark = needs_vllm()
 
 # head_dim 32: the smallest vLLM's CPU attention runs. A wide initialisation gives varied greedy answers.
 VLLM_TINY_CONFIG = {
@@ -236,3 +235,14 @@ def test_bad_requests_are_refused(engine, tokenizer):
         engine.generate([[5, 6]], do_sample=True, seeds=[1, 2], **kwargs)
     with pytest.raises(Exception, match="temperature"):
         engine.generate([[5, 6]], do_sample=True, temperature=0.0, **{**kwargs})
+
+
+def test_more_prompt_tokens_than_one_engine_step_takes_sample_with_seeds(engine, tokenizer):
+    """6,400 prompt tokens (above vLLM's 4,096 a step): prefilled whole on the CPU, where seeded samples of a prompt
+    prefilled in chunks would fail."""
+    prompts = _prompts(tokenizer, [20] * 40, seed=7)
+    kwargs = {"max_new_tokens": 4, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    seeds = list(range(40))
+    first = engine.generate(prompts, do_sample=True, num_samples=8, seeds=seeds, **kwargs)
+    again = engine.generate(prompts, do_sample=True, num_samples=8, seeds=seeds, **kwargs)
+    assert first.response_ids.size(0) == 320 and torch.equal(first.response_ids, again.response_ids)

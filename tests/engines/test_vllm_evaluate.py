@@ -18,9 +18,9 @@ from lit_rlhf.models.scoring import NORMALIZATION_KEY, load_reward_model
 from lit_rlhf.models.tiny import build_tiny_llama
 from lit_rlhf.winrate import main as winrate_main
 from lit_rlhf.winrate import read_prompts
+from tests.helpers import needs_vllm
 
-pytestmark = pytest.mark.vllm
-pytest.importorskip("vllm")
+pytestmark = needs_vllm()
 
 # head_dim 32: vLLM's CPU attention needs at least 32.
 VLLM_LLAMA = {

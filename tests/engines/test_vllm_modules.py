@@ -7,18 +7,17 @@ import pytest
 import torch
 from peft import LoraConfig
 
-pytest.importorskip("vllm")
+from lit_rlhf.data import ArithmeticDataModule
+from lit_rlhf.engines.settings import VLLMSettings
+from lit_rlhf.models import build_word_tokenizer
+from lit_rlhf.models.tiny import build_tiny_llama
+from lit_rlhf.modules import GRPOModule, OnlineDPOModule, PPOModule
+from lit_rlhf.rewards import FunctionReward
+from tests.engines.test_vllm_engine import VLLM_TINY_CONFIG
+from tests.helpers import needs_vllm
+from tests.modules.wiring import digit_fraction
 
-from lit_rlhf.data import ArithmeticDataModule  # noqa: E402
-from lit_rlhf.engines.settings import VLLMSettings  # noqa: E402
-from lit_rlhf.models import build_word_tokenizer  # noqa: E402
-from lit_rlhf.models.tiny import build_tiny_llama  # noqa: E402
-from lit_rlhf.modules import GRPOModule, OnlineDPOModule, PPOModule  # noqa: E402
-from lit_rlhf.rewards import FunctionReward  # noqa: E402
-from tests.engines.test_vllm_engine import VLLM_TINY_CONFIG  # noqa: E402
-from tests.modules.wiring import digit_fraction  # noqa: E402
-
-pytestmark = pytest.mark.vllm
+pytestmark = needs_vllm()
 
 ENGINE = VLLMSettings(kv_cache_gib=0.25)
 
@@ -98,7 +97,7 @@ def test_grpo_with_vllm_raises_a_toy_reward_as_generate_does(tmp_path, vllm_poli
 def test_grpo_with_vllm_resumes_exactly(tmp_path, vllm_policy_dir):
     def run(steps, root, ckpt_path=None, save_every=None):
         L.seed_everything(0)
-        module = _grpo(vllm_policy_dir, "vllm", num_iterations=2, num_minibatches=2)
+        module = _grpo(vllm_policy_dir, "vllm", num_iterations=2, num_minibatches=2, shared_prompt_forward=True)
         checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=save_every, save_top_k=-1)
         trainer = L.Trainer(
             max_steps=steps,
