@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from lit_rlhf.errors import ConfigError
 from lit_rlhf.functional.ppo import masked_mean_var, mean_var_from_sums, mean_var_to_sums
 from lit_rlhf.generation import decode_responses
 from lit_rlhf.models.adapters import AdaptersDisabled, quantized_load
@@ -111,6 +112,13 @@ class OnlineRLModule(EngineSampling, GuardedModule):
                 f"{self.hparams.max_new_tokens} exceed the policy's context of {context} positions; lower "
                 "--data.init_args.max_prompt_length (longer prompts are then handled by its `overlong` policy) or "
                 "--model.init_args.max_new_tokens"
+            )
+        engine_len = self.vllm_settings.max_model_len if self.sampling_engine == "vllm" else None
+        if engine_len and prompt_budget and prompt_budget + self.hparams.max_new_tokens > engine_len:
+            raise ConfigError(
+                f"prompts of up to {prompt_budget} tokens (the data's max_prompt_length) plus max_new_tokens="
+                f"{self.hparams.max_new_tokens} do not fit model.init_args.vllm.max_model_len={engine_len}; raise it "
+                "(null: the policy's context) or lower --data.init_args.max_prompt_length"
             )
 
     def on_fit_start(self) -> None:

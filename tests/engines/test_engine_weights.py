@@ -87,3 +87,25 @@ def test_engine_options_are_checked_before_anything_loads(values, match):
         check_ppo_options(values)
     with pytest.raises(ConfigError, match=match):
         check_grpo_options({**values, "rewards": [object()]})
+
+
+def test_an_engine_length_shorter_than_prompt_and_answer_is_refused_at_setup(monkeypatch, policy_dir, tmp_path):
+    import lightning as L
+
+    from lit_rlhf.data import ArithmeticDataModule
+    from lit_rlhf.engines.settings import VLLMSettings
+    from lit_rlhf.modules import GRPOModule
+    from lit_rlhf.rewards import ArithmeticVerifierReward
+
+    monkeypatch.setattr(engine_settings, "vllm_available", lambda: True)  # the check runs before any engine exists
+    module = GRPOModule(
+        [ArithmeticVerifierReward()],
+        policy_name_or_path=policy_dir,
+        max_new_tokens=8,
+        sampling_engine="vllm",
+        vllm=VLLMSettings(max_model_len=16),
+    )
+    data = ArithmeticDataModule(format="prompt", num_train=16, num_val=8, batch_size=4, max_length=64)
+    trainer = L.Trainer(max_steps=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match=r"max_new_tokens=8 do not fit model.init_args.vllm.max_model_len=16"):
+        trainer.fit(module, data)
