@@ -61,13 +61,9 @@ def evaluate_arithmetic(
     Raises:
         ConfigError: an unknown ``engine``, or ``vllm`` without vLLM installed (before any model loads).
     """
-    from lit_rlhf.engines.settings import SAMPLING_ENGINES, require_vllm
-    from lit_rlhf.errors import ConfigError
+    from lit_rlhf.engines.settings import check_engine
 
-    if engine not in SAMPLING_ENGINES:
-        raise ConfigError(f"--engine must be one of {', '.join(SAMPLING_ENGINES)}, got {engine!r}")
-    if engine == "vllm":
-        require_vllm("--engine")
+    check_engine(engine)
 
     import torch
 

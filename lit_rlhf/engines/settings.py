@@ -51,6 +51,18 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def check_engine(engine: str, option: str = "--engine") -> None:
+    """Refuse an unknown sampling engine, and ``vllm`` where vLLM is not installed (before any model loads).
+
+    Raises:
+        ConfigError: naming ``option``, the engines and, for vLLM missing, the install command.
+    """
+    if engine not in SAMPLING_ENGINES:
+        raise ConfigError(f"{option} must be one of {', '.join(SAMPLING_ENGINES)}, got {engine!r}")
+    if engine == "vllm":
+        require_vllm(option)
+
+
 def require_vllm(option: str = "model.init_args.sampling_engine") -> None:
     """Refuse the vLLM engine where vLLM is not installed.
 

@@ -10,8 +10,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.data.tokenization import encode_prompt
-from lit_rlhf.engines.settings import SAMPLING_ENGINES, VLLMSettings, require_vllm
-from lit_rlhf.errors import ConfigError
+from lit_rlhf.engines.settings import VLLMSettings, check_engine
 from lit_rlhf.evaluation.engine import engine_responses, open_engine
 from lit_rlhf.evaluation.judges import PairwiseJudge, Verdict
 from lit_rlhf.functional.winrate import CIMethod, WinRateStats, pair_scores, win_rate_stats
@@ -295,10 +294,8 @@ def win_rate(
     Raises:
         ConfigError: an unknown ``engine``, or ``vllm`` without vLLM installed (before any model loads).
     """
-    if engine not in SAMPLING_ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(SAMPLING_ENGINES)}, got {engine!r}")
+    check_engine(engine)
     if engine == "vllm":
-        require_vllm("--engine")
         vllm = vllm or VLLMSettings(dtype=dtype)
     load = engine == "generate"
     policy, tokenizer = _model_and_tokenizer(policy, tokenizer, "policy", dtype, load)

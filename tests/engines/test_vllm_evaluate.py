@@ -18,19 +18,13 @@ from lit_rlhf.models.scoring import NORMALIZATION_KEY, load_reward_model
 from lit_rlhf.models.tiny import build_tiny_llama
 from lit_rlhf.winrate import main as winrate_main
 from lit_rlhf.winrate import read_prompts
+from tests.engines.test_vllm_engine import VLLM_TINY_CONFIG
 from tests.helpers import needs_vllm
 
 pytestmark = needs_vllm()
 
 # head_dim 32: vLLM's CPU attention needs at least 32.
-VLLM_LLAMA = {
-    "hidden_size": 64,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "initializer_range": 0.2,
-}
+VLLM_LLAMA = {**VLLM_TINY_CONFIG, "max_position_embeddings": 128}
 SMALL_ENGINE = ["--vllm_kv_cache_gib", "0.05"]
 SMALL_SETTINGS = VLLMSettings(kv_cache_gib=0.05)
 
