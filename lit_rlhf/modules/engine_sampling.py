@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -44,8 +45,11 @@ class EngineSampling:
     (:func:`engine_logprob_gap`).
     """
 
-    def use_sampling_engine(self, sampling_engine: str, vllm: VLLMSettings | None) -> None:
-        """Choose the engine (``generate`` or ``vllm``); called in ``__init__`` after ``save_hyperparameters``."""
+    def use_sampling_engine(self, sampling_engine: str, vllm: VLLMSettings | Mapping[str, Any] | None) -> None:
+        """Choose the engine (``generate`` or ``vllm``) and its settings (or their plain values); called in
+        ``__init__`` after ``save_hyperparameters``."""
+        if isinstance(vllm, Mapping):  # the plain values a checkpoint's hyperparameters hold
+            vllm = VLLMSettings(**vllm)
         self.sampling_engine = sampling_engine
         self.vllm_settings = vllm if vllm is not None else VLLMSettings()
         self.hparams["vllm"] = asdict(vllm) if vllm is not None else None  # plain values in hparams.yaml

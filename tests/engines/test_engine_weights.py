@@ -109,3 +109,17 @@ def test_an_engine_length_shorter_than_prompt_and_answer_is_refused_at_setup(mon
     trainer = L.Trainer(max_steps=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     with pytest.raises(ConfigError, match=r"max_new_tokens=8 do not fit model.init_args.vllm.max_model_len=16"):
         trainer.fit(module, data)
+
+
+def test_the_settings_a_checkpoint_holds_rebuild_the_module(monkeypatch, policy_dir):
+    """``load_from_checkpoint`` passes the saved hyperparameters: ``vllm`` as plain values."""
+    from lit_rlhf.engines.settings import VLLMSettings
+    from lit_rlhf.modules import GRPOModule
+    from lit_rlhf.rewards import ArithmeticVerifierReward
+
+    monkeypatch.setattr(engine_settings, "vllm_available", lambda: True)
+    options = {"policy_name_or_path": policy_dir, "sampling_engine": "vllm"}
+    module = GRPOModule([ArithmeticVerifierReward()], vllm=VLLMSettings(kv_cache_gib=0.5), **options)
+    assert module.hparams["vllm"]["kv_cache_gib"] == 0.5
+    again = GRPOModule([ArithmeticVerifierReward()], vllm=dict(module.hparams["vllm"]), **options)
+    assert again.vllm_settings == module.vllm_settings
