@@ -145,7 +145,7 @@ class VLLMEngine:
             kwargs["data_parallel_size"] = 1
             os.environ.setdefault("RANK", str(dist.get_rank()))
             os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
-            os.environ.setdefault("LOCAL_RANK", os.environ.get("LOCAL_RANK", str(dist.get_rank())))
+            os.environ.setdefault("LOCAL_RANK", str(dist.get_rank()))  # launchers set it; one machine otherwise
         threads = torch.get_num_threads()
         with preserved_rng():
             self.llm = vllm.LLM(**kwargs)
