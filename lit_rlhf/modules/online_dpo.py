@@ -101,9 +101,8 @@ class OnlineDPOModule(OnlineRLModule):
         peft_config: LoRA adapters on the policy (``class_path: peft.LoraConfig``): only they train and the reference
             is the policy with its adapters switched off. ``null``: full fine-tuning.
         load_in_4bit: load the frozen base weights in 4 bits (QLoRA; needs ``peft_config`` and ``bitsandbytes``).
-        sampling_engine: what samples the rollouts: ``generate`` (Hugging Face ``generate`` on the training model) or
-            ``vllm`` (a vLLM engine in each training process, fed the policy's weights before every rollout; the
-            update's log-probabilities are recomputed by the policy and the gap is logged as ``engine/logprob_gap_*``;
+        sampling_engine: what samples each round's answers: ``generate`` (Hugging Face ``generate`` on the training
+            model) or ``vllm`` (a vLLM engine in each training process, fed the policy's weights before every round;
             needs vLLM: ``pip install 'lit_rlhf[vllm]'``). Validation answers with the same engine.
         vllm: the vLLM engine's settings (:class:`~lit_rlhf.engines.settings.VLLMSettings`: ``gpu_memory_utilization``,
             ``kv_cache_gib``, ``max_model_len``, ``sleep``, ``enforce_eager``, ``dtype``, ``max_num_seqs``); ``null``:
