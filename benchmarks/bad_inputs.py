@@ -463,6 +463,21 @@ CASES: list[Case] = [
     opt("grpo", "top_p", "1.5"),
     opt("grpo", "reward_weights", "[1,2]"),
     Case(
+        "grpo-sampling-engine-vllm",
+        "grpo",
+        "--model.init_args.sampling_engine vllm (vLLM not installed)",
+        ["--model.init_args.sampling_engine", "vllm"],
+        ("sampling_engine",),
+    ),
+    opt("grpo", "sampling_engine", "vlm"),
+    Case(
+        "grpo-vllm-without-engine",
+        "grpo",
+        "--model.init_args.vllm.kv_cache_gib 0.5 (with sampling_engine generate)",
+        ["--model.init_args.vllm.kv_cache_gib", "0.5"],
+        ("model.init_args.vllm",),
+    ),
+    Case(
         "grpo-reward-class",
         "grpo",
         "--model.init_args.rewards '[{class_path: lit_rlhf.rewards.ArithmeticVerifier}]' (misspelt)",
