@@ -349,8 +349,19 @@ def check_settings(saved: Mapping[str, Any], configured: Mapping[str, Any], wher
 
 
 def describe_changes(applied: list[tuple[str, Any, Any]]) -> str:
-    """One line listing applied changes: ``learning_rate 0.001 -> 0.0005, ppo_epochs 4 -> 2``."""
-    return ", ".join(f"{name} {_short(old)} -> {_short(new)}" for name, old, new in applied)
+    """One line listing applied changes: ``learning_rate 0.001 -> 0.0005, ppo_epochs 4 -> 2``; of a group of
+    settings (a mapping such as ``vllm``), the fields that changed: ``vllm.kv_cache_gib 0.5 -> 0.25``."""
+    parts = []
+    for name, old, new in applied:
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            parts += [
+                f"{name}.{key} {_short(old.get(key))} -> {_short(new.get(key))}"
+                for key in sorted(set(old) | set(new), key=str)
+                if old.get(key) != new.get(key)
+            ]
+        else:
+            parts.append(f"{name} {_short(old)} -> {_short(new)}")
+    return ", ".join(parts)
 
 
 def _short(value: Any, limit: int = 80) -> str:

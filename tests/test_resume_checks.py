@@ -18,6 +18,7 @@ from lit_rlhf.checkpoint_checks import (
     check_run_settings,
     check_state_shapes,
     compare_settings,
+    describe_changes,
 )
 from lit_rlhf.cli import cli_main, main
 from lit_rlhf.errors import UserError
@@ -252,6 +253,13 @@ def test_compare_settings_policy():
     fixed = {**configured, "adaptive_kl_target": None, "model_config": {"hidden_size": 32}}
     refused, applied = compare_settings({**saved, "adaptive_kl_target": None}, fixed)
     assert refused == [] and ("kl_coef", 0.05, 0.1) in applied
+
+
+def test_changes_of_a_settings_group_name_its_changed_fields():
+    old = {"gpu_memory_utilization": 0.3, "kv_cache_gib": 0.5, "max_num_seqs": 256}
+    new = {"gpu_memory_utilization": 0.3, "kv_cache_gib": 0.25, "max_num_seqs": 256}
+    line = describe_changes([("learning_rate", 1e-3, 5e-4), ("vllm", old, new)])
+    assert line == "learning_rate 0.001 -> 0.0005, vllm.kv_cache_gib 0.5 -> 0.25"
 
 
 def test_check_run_settings_skips_what_either_side_lacks():
