@@ -382,29 +382,24 @@ def recompute_logprobs(policy: Policy, args: argparse.Namespace, device: torch.d
     """The training policy's log-probabilities of the engine's answers, as the vLLM path of PPO and GRPO computes
     them (each prompt once for its samples with ``--share-prompt``, as GRPO's ``shared_prompt_forward``), in batches
     of ``per`` prompts."""
-    from lit_rlhf.rollout import response_logprobs, shared_prompt_response_logprobs
+    from lit_rlhf.rollout import grouped_response_logprobs
 
     for start in range(0, len(policy.prompts), per):
         ids, mask = left_padded(policy.prompts[start : start + per], policy.pad_token_id, device)
         rows = slice(start * args.samples, (start + ids.size(0)) * args.samples)
         response_mask = generation.response_mask[rows]
         width = max(1, int(response_mask.sum(dim=1).max()))
-        response_ids, response_mask = generation.response_ids[rows, :width], response_mask[:, :width]
         with torch.no_grad():
-            if args.share_prompt and args.samples > 1:
-                index = torch.arange(ids.size(0), device=device).repeat_interleave(args.samples)
-                shared_prompt_response_logprobs(
-                    policy.model, ids, mask, index, response_ids, response_mask, args.temperature
-                )
-            else:
-                response_logprobs(
-                    policy.model,
-                    ids.repeat_interleave(args.samples, dim=0),
-                    mask.repeat_interleave(args.samples, dim=0),
-                    response_ids,
-                    response_mask,
-                    args.temperature,
-                )
+            grouped_response_logprobs(
+                policy.model,
+                ids,
+                mask,
+                args.samples,
+                generation.response_ids[rows, :width],
+                response_mask[:, :width],
+                args.temperature,
+                share_prompt=bool(args.share_prompt) and args.samples > 1,
+            )
 
 
 def measure_vllm(policy: Policy, args: argparse.Namespace, device: torch.device, out: dict[str, Any]) -> None:

@@ -224,6 +224,49 @@ def shared_prompt_response_logprobs(
     return _response_logprobs(logits, response_ids, response_mask, temperature, with_entropy)
 
 
+def grouped_response_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    num_samples: int,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    share_prompt: bool = False,
+    padding_free: bool = False,
+) -> torch.Tensor:
+    """Log-probabilities of ``num_samples`` responses per distinct prompt (prompt-major), each prompt computed once
+    for its responses with ``share_prompt`` (:func:`shared_prompt_response_logprobs`), else repeated on every row
+    (:func:`response_logprobs`).
+
+    Args:
+        model: a causal LM.
+        prompt_ids: ``(num_prompts, prompt_len)`` left-padded distinct prompts; ``prompt_mask`` their attention mask.
+        num_samples: responses per prompt.
+        response_ids: ``(num_prompts * num_samples, response_len)``; ``response_mask`` true up to the first EOS.
+        temperature, padding_free: as in :func:`response_logprobs`.
+        share_prompt: compute each prompt once (the same values up to float rounding).
+
+    Returns:
+        ``(num_prompts * num_samples, response_len)`` float32 log-probabilities, 0 on response padding.
+    """
+    if share_prompt:
+        index = torch.arange(prompt_ids.size(0), device=prompt_ids.device).repeat_interleave(num_samples)
+        return shared_prompt_response_logprobs(
+            model, prompt_ids, prompt_mask, index, response_ids, response_mask, temperature, padding_free=padding_free
+        )
+    return response_logprobs(
+        model,
+        prompt_ids.repeat_interleave(num_samples, dim=0),
+        prompt_mask.repeat_interleave(num_samples, dim=0),
+        response_ids,
+        response_mask,
+        temperature,
+        padding_free=padding_free,
+    )
+
+
 def _packed_shared_response_logits(
     model: PreTrainedModel,
     prompt_ids: torch.Tensor,

@@ -298,3 +298,24 @@ def test_padding_free_logprobs_values_and_gradients_equal_padded_rows(kind, tmp_
             packed_values = response_values(critic, *args, padding_free=True)
             padded_values = response_values(critic, *args)
         torch.testing.assert_close(packed_values, padded_values, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_grouped_logprobs_of_several_samples_per_prompt_equal_repeated_rows(share_prompt, word_tokenizer):
+    from lit_rlhf.functional.padding import unpadded
+    from lit_rlhf.rollout import grouped_response_logprobs
+
+    torch.manual_seed(0)
+    model = build_tiny_llama(word_tokenizer, TINY_MODEL_CONFIG).eval()
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    ids, mask = pad_left(prompts, word_tokenizer.pad_token_id)
+    assert unpadded(ids, mask) == prompts
+    responses = torch.randint(4, 40, (6, 4))
+    response_mask = torch.ones_like(responses, dtype=torch.bool)
+    response_mask[1, 2:] = False
+    with torch.no_grad():
+        got = grouped_response_logprobs(model, ids, mask, 2, responses, response_mask, 0.7, share_prompt=share_prompt)
+        want = response_logprobs(
+            model, ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), responses, response_mask, 0.7
+        )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -11,10 +11,10 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.engines.settings import VLLMSettings, require_vllm
+from lit_rlhf.functional.padding import unpadded
 from lit_rlhf.generation import decode_responses
 
 if TYPE_CHECKING:
@@ -83,13 +83,3 @@ def engine_responses(
         **sampling,
     )
     return decode_responses(tokenizer, generation)
-
-
-def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    """Each row's ids where ``mask`` is set (padded prompts back to token lists).
-
-    Args:
-        ids: ``(batch, length)`` padded ids.
-        mask: ``(batch, length)`` attention mask (1 or true on real tokens).
-    """
-    return [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu())]

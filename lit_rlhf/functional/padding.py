@@ -31,6 +31,16 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return ids, mask
 
 
+def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Each row's ids where ``mask`` is set: padded rows (left or right) back to token lists.
+
+    Args:
+        ids: ``(batch, length)`` padded ids.
+        mask: ``(batch, length)`` attention mask (1 or true on real tokens).
+    """
+    return [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu())]
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """``(batch, seq_len)`` positions counted from each row's first real token (0 on left padding)."""
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)

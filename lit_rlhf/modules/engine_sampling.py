@@ -10,27 +10,10 @@ from typing import Any
 import torch
 
 from lit_rlhf.engines.settings import VLLMSettings
-from lit_rlhf.functional.masking import masked_mean
+from lit_rlhf.functional.logprobs import engine_logprob_gap
+from lit_rlhf.functional.padding import unpadded
 from lit_rlhf.generation import Generation, generate
-from lit_rlhf.rollout import response_logprobs, shared_prompt_response_logprobs
-
-
-def engine_logprob_gap(engine_logprobs: torch.Tensor, policy_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
-    """How far the engine's log-probabilities of its samples are from the training policy's.
-
-    Args:
-        engine_logprobs: ``(rows, response_len)`` from the engine's sampling pass.
-        policy_logprobs: ``(rows, response_len)`` recomputed by the training policy.
-        mask: ``(rows, response_len)`` bool, the response tokens.
-
-    Returns:
-        ``engine/logprob_gap_mean`` (mean absolute difference per token) and ``engine/logprob_gap_max``.
-    """
-    gap = (engine_logprobs - policy_logprobs).abs()
-    return {
-        "engine/logprob_gap_mean": masked_mean(gap, mask),
-        "engine/logprob_gap_max": torch.where(mask, gap, torch.zeros_like(gap)).max(),
-    }
+from lit_rlhf.rollout import grouped_response_logprobs
 
 
 class EngineSampling:
@@ -42,7 +25,7 @@ class EngineSampling:
     tensor by tensor, or LoRA merged) and its prefix cache is dropped. Each prompt's samples use a seed drawn from
     torch's random stream, so a resumed run samples what the uninterrupted one did. The update's ratio uses
     log-probabilities recomputed by the training policy; the gap to the engine's own is logged
-    (:func:`engine_logprob_gap`).
+    (:func:`~lit_rlhf.functional.logprobs.engine_logprob_gap`).
     """
 
     def use_sampling_engine(self, sampling_engine: str, vllm: VLLMSettings | Mapping[str, Any] | None) -> None:
@@ -105,7 +88,7 @@ class EngineSampling:
         Returns:
             The :class:`~lit_rlhf.generation.Generation` (``batch * num_samples`` rows; ``logprobs`` set with
             ``policy_logprobs`` and ``do_sample``) and statistics: with vLLM and ``policy_logprobs``, the
-            log-probability gap (:func:`engine_logprob_gap`); else empty.
+            log-probability gap (:func:`~lit_rlhf.functional.logprobs.engine_logprob_gap`); else empty.
         """
         hp = self.hparams
         settings: dict[str, Any] = {
@@ -129,7 +112,7 @@ class EngineSampling:
             )
             return generation, {}
         engine = self.sampling_engine_ready()
-        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+        prompts = unpadded(prompt_ids, prompt_mask)
         # One seed per prompt from torch's stream (restored on resume); greedy answers need none.
         seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist() if do_sample else None
         generation = engine.generate(
@@ -142,42 +125,18 @@ class EngineSampling:
         was_training = self.model.training
         self.model.eval()
         try:
-            recomputed = self._recomputed_logprobs(prompt_ids, prompt_mask, num_samples, share_prompt, generation)
+            recomputed = grouped_response_logprobs(
+                self.model,
+                prompt_ids,
+                prompt_mask,
+                num_samples,
+                generation.response_ids,
+                generation.response_mask,
+                hp.temperature,
+                share_prompt=share_prompt and num_samples > 1,
+                padding_free=bool(hp.get("padding_free", False)),
+            )
         finally:
             self.model.train(was_training)
         stats = engine_logprob_gap(generation.logprobs, recomputed, generation.response_mask)
         return generation._replace(logprobs=recomputed), stats
-
-    def _recomputed_logprobs(
-        self,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        num_samples: int,
-        share_prompt: bool,
-        generation: Generation,
-    ) -> torch.Tensor:
-        """The sampled tokens' log-probabilities under the policy, each prompt computed once for its samples with
-        ``share_prompt`` (as the updates compute them)."""
-        hp = self.hparams
-        padding_free = bool(hp.get("padding_free", False))
-        if share_prompt and num_samples > 1 and prompt_ids.size(1) > 1:
-            index = torch.arange(prompt_ids.size(0), device=prompt_ids.device).repeat_interleave(num_samples)
-            return shared_prompt_response_logprobs(
-                self.model,
-                prompt_ids,
-                prompt_mask,
-                index,
-                generation.response_ids,
-                generation.response_mask,
-                hp.temperature,
-                padding_free=padding_free,
-            )
-        return response_logprobs(
-            self.model,
-            prompt_ids.repeat_interleave(num_samples, dim=0),
-            prompt_mask.repeat_interleave(num_samples, dim=0),
-            generation.response_ids,
-            generation.response_mask,
-            hp.temperature,
-            padding_free=padding_free,
-        )

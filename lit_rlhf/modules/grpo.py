@@ -20,7 +20,7 @@ from lit_rlhf.modules.checks import check_grpo_options, check_minibatch_split
 from lit_rlhf.modules.online import OnlineRLModule
 from lit_rlhf.rewards.base import RewardSource
 from lit_rlhf.rewards.rules import WeightedSumReward
-from lit_rlhf.rollout import response_logprobs, select_rows, shared_prompt_response_logprobs
+from lit_rlhf.rollout import grouped_response_logprobs, response_logprobs, select_rows, shared_prompt_response_logprobs
 
 
 class GroupRollout(NamedTuple):
@@ -271,27 +271,17 @@ class GRPOModule(OnlineRLModule):
         response_mask = generation.response_mask
         group = torch.arange(batch["prompt_input_ids"].size(0), device=prompt_ids.device).repeat_interleave(g)
         if hp.beta > 0:
-            if hp.shared_prompt_forward:
-                ref_logprobs = shared_prompt_response_logprobs(
-                    self.reference,
-                    batch["prompt_input_ids"],
-                    batch["prompt_attention_mask"],
-                    group,
-                    generation.response_ids,
-                    response_mask,
-                    hp.temperature,
-                    padding_free=hp.padding_free,
-                )
-            else:
-                ref_logprobs = response_logprobs(
-                    self.reference,
-                    prompt_ids,
-                    prompt_mask,
-                    generation.response_ids,
-                    response_mask,
-                    hp.temperature,
-                    padding_free=hp.padding_free,
-                )
+            ref_logprobs = grouped_response_logprobs(
+                self.reference,
+                batch["prompt_input_ids"],
+                batch["prompt_attention_mask"],
+                g,
+                generation.response_ids,
+                response_mask,
+                hp.temperature,
+                share_prompt=hp.shared_prompt_forward,
+                padding_free=hp.padding_free,
+            )
         else:
             ref_logprobs = torch.zeros_like(generation.logprobs)
         stats = {

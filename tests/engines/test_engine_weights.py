@@ -8,11 +8,11 @@ from peft import LoraConfig
 from lit_rlhf.engines import settings as engine_settings
 from lit_rlhf.engines.weights import engine_weights
 from lit_rlhf.errors import ConfigError
+from lit_rlhf.functional.logprobs import engine_logprob_gap
 from lit_rlhf.models import build_word_tokenizer
 from lit_rlhf.models.adapters import apply_adapters
 from lit_rlhf.models.tiny import build_tiny_llama
 from lit_rlhf.modules.checks import check_grpo_options, check_ppo_options, check_sampling_engine
-from lit_rlhf.modules.engine_sampling import engine_logprob_gap
 from tests.conftest import TINY_MODEL_CONFIG
 
 
